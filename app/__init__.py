@@ -1,0 +1,1 @@
+"""llm-do service: LLM workers as streaming HTTP endpoints."""

@@ -1,0 +1,64 @@
+"""The worker runtime: usable as a library, with no HTTP anywhere.
+
+registry = WorkerRegistry("workers")
+async for event in run_worker(registry, "greeter", "hello"):
+    ...
+"""
+
+from .attachments import Attachment, check_policy
+from .context import RuntimeConfig
+from .definitions import WorkerSpec, is_valid_name
+from .errors import (
+    AttachmentRejected,
+    DelegationError,
+    InvalidInput,
+    InvalidWorker,
+    LlmDoError,
+    ModelBehaviorError,
+    ModelError,
+    ProviderError,
+    RunAlreadyEnded,
+    RunNotFound,
+    SandboxViolation,
+    UsageLimitReached,
+    WorkerNotFound,
+    WorkerTimeout,
+)
+from .events import EVENT_TYPES, TERMINAL_TYPES, Event
+from .models import BUILTIN_MODELS, DEFAULT_MODEL, ModelResolver
+from .registry import Worker, WorkerRegistry
+from .run import RunResult, WorkerRun, new_id, run_worker
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "DEFAULT_MODEL",
+    "EVENT_TYPES",
+    "TERMINAL_TYPES",
+    "Attachment",
+    "AttachmentRejected",
+    "DelegationError",
+    "Event",
+    "InvalidInput",
+    "InvalidWorker",
+    "LlmDoError",
+    "ModelBehaviorError",
+    "ModelError",
+    "ModelResolver",
+    "ProviderError",
+    "RunAlreadyEnded",
+    "RunNotFound",
+    "RunResult",
+    "RuntimeConfig",
+    "SandboxViolation",
+    "UsageLimitReached",
+    "Worker",
+    "WorkerNotFound",
+    "WorkerRegistry",
+    "WorkerRun",
+    "WorkerSpec",
+    "WorkerTimeout",
+    "check_policy",
+    "is_valid_name",
+    "new_id",
+    "run_worker",
+]

@@ -1,0 +1,128 @@
+"""The runtime's exception tree. None of them knows about HTTP.
+
+    LlmDoError                      base; `type` is the wire slug used in events and HTTP bodies
+    ├── WorkerNotFound              no worker by that name (or the name is not a valid worker name)
+    ├── InvalidWorker               a worker file that cannot be loaded; names the file and field
+    ├── InvalidInput                run input that does not match the worker's input_schema
+    ├── SandboxViolation            a path that escapes its root or names no sandbox
+    ├── AttachmentRejected          an attachment that breaks an attachment_policy rule
+    ├── ModelError                  a model string that cannot be turned into a model
+    ├── ProviderError               the model provider answered with an error (status, retry_after)
+    ├── ModelBehaviorError          the model answered something unusable
+    ├── UsageLimitReached           the run tree hit one of its usage limits
+    ├── WorkerTimeout               a worker ran past its timeout_s
+    ├── DelegationError             worker_call refused (allowlist, depth) or the child failed
+    ├── RunNotFound                 no run by that id
+    └── RunAlreadyEnded             cancel of a run that has ended
+
+Foreign exceptions (PydanticAI's) are translated once, in `translate`, raised `from` the original.
+"""
+
+from __future__ import annotations
+
+from pydantic_ai import exceptions as pai_exc
+
+
+class LlmDoError(Exception):
+    type = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def as_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+class WorkerNotFound(LlmDoError):
+    type = "worker_not_found"
+
+
+class InvalidWorker(LlmDoError):
+    type = "invalid_worker"
+
+    def __init__(self, message: str, *, path: str | None = None, field: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.field = field
+
+
+class InvalidInput(LlmDoError):
+    type = "invalid_input"
+
+
+class SandboxViolation(LlmDoError):
+    type = "sandbox_violation"
+
+
+class AttachmentRejected(LlmDoError):
+    type = "attachment_rejected"
+
+
+class ModelError(LlmDoError):
+    type = "model_error"
+
+
+class ProviderError(LlmDoError):
+    type = "provider_error"
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ModelBehaviorError(LlmDoError):
+    type = "model_behavior_error"
+
+
+class UsageLimitReached(LlmDoError):
+    type = "usage_limit_reached"
+
+
+class WorkerTimeout(LlmDoError):
+    type = "timeout"
+
+
+class DelegationError(LlmDoError):
+    type = "delegation_error"
+
+
+class RunNotFound(LlmDoError):
+    type = "run_not_found"
+
+
+class RunAlreadyEnded(LlmDoError):
+    type = "run_already_ended"
+
+
+def translate(exc: BaseException, *, model: str) -> LlmDoError | None:
+    """Map a PydanticAI (or provider SDK) exception to ours; None when it is not one we know."""
+    if isinstance(exc, LlmDoError):
+        return exc
+    if isinstance(exc, pai_exc.RunTimedOut):
+        return WorkerTimeout(f"The worker ran past its time limit: {exc}")
+    if isinstance(exc, pai_exc.ModelHTTPError):
+        return ProviderError(
+            f"Model {model!r} returned HTTP {exc.status_code}: {_short(exc.body)}",
+            status=exc.status_code,
+            retry_after=exc.retry_after,
+        )
+    if isinstance(exc, pai_exc.ModelAPIError):
+        return ProviderError(
+            f"Model {model!r} could not be reached: {exc.message}", retry_after=exc.retry_after
+        )
+    if isinstance(exc, pai_exc.UsageLimitExceeded):
+        return UsageLimitReached(str(exc))
+    if isinstance(exc, pai_exc.UnexpectedModelBehavior):
+        return ModelBehaviorError(f"Model {model!r} behaved unexpectedly: {exc.message}")
+    if isinstance(exc, pai_exc.UserError):
+        return ModelError(f"Model {model!r} cannot be used: {exc.message}")
+    return None
+
+
+def _short(body: object, limit: int = 300) -> str:
+    text = str(body)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,295 @@
+"""Running workers: `invoke` runs one worker (root or child); `WorkerRun` is one top-level run.
+
+A run's events are numbered by its `EventSink` and delivered synchronously to the
+callback given to `WorkerRun`; `run_worker` wraps that as an async iterator for
+library use. Exactly one terminal event ends every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import TypeAdapter, ValidationError
+from pydantic_ai.usage import RunUsage, UsageLimits
+
+from .agents import build_agent
+from .attachments import Attachment, check_policy
+from .context import Invocation, RunState, RuntimeConfig, own_usage, usage_dict
+from .errors import InvalidInput, LlmDoError, translate
+from .events import (
+    Event,
+    EventSink,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunStarted,
+    Usage,
+    WorkerFinished,
+    WorkerStarted,
+)
+from .models import ModelResolver
+from .registry import Worker, WorkerRegistry
+from .stream import forward
+
+RunStatus = Literal["succeeded", "failed", "cancelled"]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def validate_input(worker: Worker, value: Any) -> None:
+    schema = worker.spec.input_schema
+    if schema is None:
+        return
+    try:
+        _schema_validator(json.dumps(schema, sort_keys=True)).validate_python(value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "input"
+        raise InvalidInput(
+            f"Input for worker {worker.name!r} does not match its input_schema: "
+            f"{where}: {err['msg']}"
+        ) from exc
+
+
+_validators: dict[str, TypeAdapter[Any]] = {}
+
+
+def _schema_validator(key: str) -> TypeAdapter[Any]:
+    adapter = _validators.get(key)
+    if adapter is None:
+        from pydantic_ai import StructuredDict
+
+        adapter = _validators[key] = TypeAdapter(StructuredDict(json.loads(key)))
+    return adapter
+
+
+def _prompt(value: Any, files: list[Attachment]) -> str | list[Any]:
+    text = value if isinstance(value, str) else "" if value is None else json.dumps(value)
+    if not files:
+        return text
+    return [text, *(f.to_content() for f in files)]
+
+
+def _model_for(state: RunState, worker: Worker, parent: Invocation | None) -> str:
+    return (
+        worker.spec.model
+        or (parent.model_name if parent else None)
+        or state.request_model
+        or state.config.default_model
+    )
+
+
+async def invoke(
+    state: RunState,
+    worker: Worker,
+    input_data: Any,
+    files: list[Attachment],
+    *,
+    parent: Invocation | None,
+    tool_call_id: str | None,
+    usage: RunUsage,
+    usage_limits: UsageLimits | None,
+    call_id: str | None = None,
+) -> Any:
+    """Run one worker to its output, emitting worker.started ... worker.finished."""
+    model_name = _model_for(state, worker, parent)
+    inv = Invocation(
+        state=state,
+        worker_name=worker.name,
+        call_id=call_id or new_id(),
+        path=(*parent.path, worker.name) if parent else (worker.name,),
+        depth=parent.depth + 1 if parent else 0,
+        model_name=model_name,
+        parent_call_id=parent.call_id if parent else None,
+        tool_call_id=tool_call_id,
+    )
+    base = {"run_id": state.run_id, "worker": worker.name, "path": inv.path, "call_id": inv.call_id}
+    emit = state.sink.emit
+    emit(
+        WorkerStarted(
+            **base, model=model_name, parent_call_id=inv.parent_call_id, tool_call_id=tool_call_id
+        )
+    )
+    try:
+        validate_input(worker, input_data)
+        model = state.models.get(model_name)
+        agent = build_agent(worker, state.registry)
+        result = await agent.run(
+            _prompt(input_data, files),
+            model=model,
+            deps=inv,
+            usage=usage,
+            usage_limits=usage_limits,
+            event_stream_handler=forward,
+            timeout=worker.spec.timeout_s,
+        )
+    except asyncio.CancelledError:
+        emit(WorkerFinished(**base, status="cancelled"))
+        raise
+    except Exception as exc:
+        err = translate(exc, model=model_name)
+        if err is None:
+            raise
+        emit(WorkerFinished(**base, status="failed", error=err.as_dict()))
+        if err is exc:
+            raise
+        raise err from exc
+    output = result.output
+    emit(
+        WorkerFinished(
+            **base, status="succeeded", output=output, usage=own_usage(result.new_messages())
+        )
+    )
+    return output
+
+
+@dataclass(slots=True)
+class RunResult:
+    run_id: str
+    status: RunStatus
+    output: Any = None
+    usage: Usage | None = None
+    error: dict[str, str] | None = None
+
+
+class WorkerRun:
+    """One top-level run of a worker.
+
+    `prepare()` checks everything that can be checked before the run starts (worker
+    exists and is valid, input, attachments, model), so an HTTP layer can answer 4xx
+    instead of starting a stream. `execute()` runs it in the calling task and never
+    raises for a run failure: the result (and the terminal event) says how it ended.
+    `cancel(reason)` ends it as `cancelled`, whole tree included.
+    """
+
+    def __init__(
+        self,
+        registry: WorkerRegistry,
+        name: str,
+        input: Any = None,
+        *,
+        on_event: Callable[[Event], None],
+        attachments: list[Attachment] | None = None,
+        model: str | None = None,
+        run_id: str | None = None,
+        config: RuntimeConfig | None = None,
+        models: ModelResolver | None = None,
+    ) -> None:
+        self.run_id = run_id or new_id()
+        self.name = name
+        self.input = input
+        self.attachments = attachments or []
+        self.state = RunState(
+            run_id=self.run_id,
+            sink=EventSink(self.run_id, on_event),
+            registry=registry,
+            models=models or ModelResolver(),
+            config=config or RuntimeConfig(),
+            request_model=model,
+        )
+        self.worker: Worker | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._cancel_reason: str | None = None
+
+    @property
+    def model(self) -> str:
+        assert self.worker is not None
+        return _model_for(self.state, self.worker, None)
+
+    def prepare(self) -> Worker:
+        if self.worker is None:
+            worker = self.state.registry.get(self.name)
+            validate_input(worker, self.input)
+            check_policy(worker.spec.attachment_policy, self.attachments, worker=worker.name)
+            self.state.models.get(_model_for(self.state, worker, None))
+            self.worker = worker
+        return self.worker
+
+    def cancel(self, reason: str = "cancelled") -> bool:
+        """Ask the run to end as cancelled; False when it is not running."""
+        if self._task is None or self._task.done() or self._cancel_reason is not None:
+            return False
+        self._cancel_reason = reason
+        self._task.cancel(reason)
+        return True
+
+    async def execute(self) -> RunResult:
+        state = self.state
+        emit = state.sink.emit
+        self._task = asyncio.current_task()
+        root_path = (self.name,)
+        base = {
+            "run_id": self.run_id,
+            "worker": self.name,
+            "path": root_path,
+            "call_id": self.run_id,
+        }
+        usage = RunUsage()
+        try:
+            worker = self.prepare()
+        except LlmDoError as exc:
+            emit(RunFailed(**base, error=exc.as_dict()))
+            return RunResult(self.run_id, "failed", error=exc.as_dict())
+        limits = worker.spec.usage_limits
+        emit(RunStarted(**base, model=self.model, input=self.input))
+        try:
+            output = await invoke(
+                state,
+                worker,
+                self.input,
+                self.attachments,
+                parent=None,
+                tool_call_id=None,
+                usage=usage,
+                usage_limits=UsageLimits(
+                    request_limit=limits.request_limit,
+                    total_tokens_limit=limits.total_tokens_limit,
+                    tool_calls_limit=limits.tool_calls_limit,
+                ),
+                call_id=self.run_id,
+            )
+        except asyncio.CancelledError:
+            if self._cancel_reason is None:
+                raise  # not ours (e.g. the process is stopping): let it propagate
+            self._task.uncancel()
+            totals = usage_dict(usage)
+            emit(RunCancelled(**base, reason=self._cancel_reason, usage=totals))
+            return RunResult(self.run_id, "cancelled", usage=totals, error=None)
+        except LlmDoError as exc:
+            totals = usage_dict(usage)
+            emit(RunFailed(**base, error=exc.as_dict(), usage=totals))
+            return RunResult(self.run_id, "failed", usage=totals, error=exc.as_dict())
+        except Exception as exc:  # a bug or an unmapped library error: report it, keep serving
+            error = {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+            emit(RunFailed(**base, error=error, usage=usage_dict(usage)))
+            return RunResult(self.run_id, "failed", usage=usage_dict(usage), error=error)
+        totals = usage_dict(usage)
+        emit(RunCompleted(**base, output=output, usage=totals))
+        return RunResult(self.run_id, "succeeded", output=output, usage=totals)
+
+
+async def run_worker(
+    registry: WorkerRegistry, name: str, input: Any = None, **kwargs: Any
+) -> AsyncIterator[Event]:
+    """Run a worker and yield its events, ending with the terminal event. Library entry point."""
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+    run = WorkerRun(registry, name, input, on_event=queue.put_nowait, **kwargs)
+    task = asyncio.create_task(run.execute())
+    try:
+        while True:
+            event = await queue.get()
+            yield event
+            if event.type in ("run.completed", "run.failed", "run.cancelled"):
+                break
+        await task
+    finally:
+        if not task.done():
+            run.cancel("consumer went away")
+            await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,109 @@
+"""PydanticAI's agent events -> our events, for one worker invocation. This is the hot path:
+every model token passes through `forward`, so it dispatches on exact types and builds
+one small dataclass per event."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+from typing import Any
+
+from pydantic_ai import RunContext
+from pydantic_ai.messages import (
+    AgentStreamEvent,
+    FunctionToolCallEvent,
+    FunctionToolResultEvent,
+    PartDeltaEvent,
+    PartStartEvent,
+    TextPart,
+    TextPartDelta,
+    ThinkingPart,
+    ThinkingPartDelta,
+)
+
+from .context import Invocation
+from .events import TextDelta, ThinkingDelta, ToolCall, ToolResult
+
+_PLAIN = (str, int, float, bool, type(None), dict, list)
+
+
+def _args(part: Any) -> Any:
+    try:
+        return part.args_as_dict()
+    except ValueError:
+        return part.args
+
+
+async def forward(ctx: RunContext[Invocation], stream: AsyncIterable[AgentStreamEvent]) -> None:
+    inv = ctx.deps
+    emit = inv.state.sink.emit
+    run_id, worker, path, call_id = inv.state.run_id, inv.worker_name, inv.path, inv.call_id
+    async for ev in stream:
+        kind = type(ev)
+        if kind is PartDeltaEvent:
+            delta = ev.delta
+            if type(delta) is TextPartDelta:
+                if delta.content_delta:
+                    emit(
+                        TextDelta(
+                            run_id=run_id,
+                            worker=worker,
+                            path=path,
+                            call_id=call_id,
+                            delta=delta.content_delta,
+                        )
+                    )
+            elif type(delta) is ThinkingPartDelta and delta.content_delta:
+                emit(
+                    ThinkingDelta(
+                        run_id=run_id,
+                        worker=worker,
+                        path=path,
+                        call_id=call_id,
+                        delta=delta.content_delta,
+                    )
+                )
+        elif kind is PartStartEvent:
+            part = ev.part
+            # The first piece of a response arrives here, not in a delta.
+            if type(part) is TextPart and part.content:
+                emit(
+                    TextDelta(
+                        run_id=run_id, worker=worker, path=path, call_id=call_id, delta=part.content
+                    )
+                )
+            elif type(part) is ThinkingPart and part.content:
+                emit(
+                    ThinkingDelta(
+                        run_id=run_id, worker=worker, path=path, call_id=call_id, delta=part.content
+                    )
+                )
+        elif kind is FunctionToolCallEvent:
+            part = ev.part
+            emit(
+                ToolCall(
+                    run_id=run_id,
+                    worker=worker,
+                    path=path,
+                    call_id=call_id,
+                    tool_call_id=part.tool_call_id,
+                    tool=part.tool_name,
+                    args=_args(part),
+                )
+            )
+        elif kind is FunctionToolResultEvent:
+            part = ev.part
+            content = (
+                part.content if isinstance(part.content, _PLAIN) else part.model_response_str()
+            )
+            emit(
+                ToolResult(
+                    run_id=run_id,
+                    worker=worker,
+                    path=path,
+                    call_id=call_id,
+                    tool_call_id=part.tool_call_id,
+                    tool=part.tool_name,
+                    outcome=part.outcome,
+                    content=content,
+                )
+            )
