@@ -162,8 +162,8 @@ class RunResult:
 class WorkerRun:
     """One top-level run of a worker.
 
-    `prepare()` checks everything that can be checked before the run starts (worker
-    exists and is valid, input, attachments, model), so an HTTP layer can answer 4xx
+    `prepare()` checks what the caller got wrong before the run starts (worker exists
+    and is valid, input, attachments), so an HTTP layer can answer 4xx
     instead of starting a stream. `execute()` runs it in the calling task and never
     raises for a run failure: the result (and the terminal event) says how it ended.
     `cancel(reason)` ends it as `cancelled`, whole tree included.
@@ -208,7 +208,6 @@ class WorkerRun:
             worker = self.state.registry.get(self.name)
             validate_input(worker, self.input)
             check_policy(worker.spec.attachment_policy, self.attachments, worker=worker.name)
-            self.state.models.get(_model_for(self.state, worker, None))
             self.worker = worker
         return self.worker
 

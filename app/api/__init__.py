@@ -1,0 +1,1 @@
+"""HTTP: thin translators between requests and the run manager / worker registry."""

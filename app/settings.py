@@ -1,0 +1,33 @@
+"""Every setting of the service, in one place. The only reader of environment variables.
+
+Built once (by the CLI or a test) and passed to `create_app`; never read at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLM_DO_", extra="ignore")
+
+    workers_dir: Path = Field(Path("workers"), description="Folder holding the .worker files")
+    host: str = Field("127.0.0.1", description="Address `llm-do serve` binds")
+    port: int = Field(8000, description="Port `llm-do serve` binds")
+    model: str | None = Field(
+        None, description="Default model for workers that name none (unset: the offline `echo`)"
+    )
+    max_depth: int = Field(5, ge=0, description="Deepest nesting of worker_call (root is 0)")
+    data_dir: Path = Field(Path(".llm-do"), description="Folder for the service's own data")
+    ping_s: float = Field(15, gt=0, description="Seconds of SSE silence before a `: ping`")
+    shutdown_grace_s: float = Field(
+        5, ge=0, description="Seconds open requests get to finish when the server stops"
+    )
+    log_level: str = Field("info", description="uvicorn log level")
+
+    @property
+    def default_model(self) -> str:
+        return self.model or "echo"
