@@ -1,4 +1,4 @@
-"""Files handed to a worker: what they are, the policy that limits them, how they reach the model."""
+"""Files handed to a worker: what they are, the policy limiting them, how they reach the model."""
 
 from __future__ import annotations
 

@@ -29,13 +29,17 @@ def render_instructions(body: str, *, folder: Path, source: str) -> tuple[str, l
         try:
             real = resolve_inside(folder, rel)
         except SandboxViolation as exc:
-            raise InvalidWorker(f"{source}: template path {rel!r}: {exc.message}", path=source)
+            raise InvalidWorker(
+                f"{source}: template path {rel!r}: {exc.message}", path=source
+            ) from None
         try:
             content = real.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise InvalidWorker(f"{source}: template file {rel!r} does not exist", path=source)
+            raise InvalidWorker(
+                f"{source}: template file {rel!r} does not exist", path=source
+            ) from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidWorker(f"{source}: template file {rel!r}: {exc}", path=source)
+            raise InvalidWorker(f"{source}: template file {rel!r}: {exc}", path=source) from exc
         used.append(real)
         return content
 

@@ -18,6 +18,7 @@ from .custom_tools import load_tools
 from .definitions import WorkerSpec, is_valid_name, parse_spec, split_front_matter
 from .errors import InvalidWorker, WorkerNotFound
 from .prompts import render_instructions
+from .schemas import check_schema
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -97,9 +98,12 @@ class WorkerRegistry:
             self._cache.pop(name, None)
             raise WorkerNotFound(f"No worker named {name!r}")
         entry = self._cache.get(name)
-        if entry is not None and entry.fingerprint[0][0] == str(path):
-            if _fingerprint([Path(p) for p, _, _ in entry.fingerprint]) == entry.fingerprint:
-                return self._unwrap(entry)
+        if (
+            entry is not None
+            and entry.fingerprint[0][0] == str(path)
+            and _fingerprint([Path(p) for p, _, _ in entry.fingerprint]) == entry.fingerprint
+        ):
+            return self._unwrap(entry)
         entry = self._load(name, path)
         self._cache[name] = entry
         return self._unwrap(entry)
@@ -123,6 +127,8 @@ class WorkerRegistry:
             text = path.read_text(encoding="utf-8")
             data, body = split_front_matter(text, path=source)
             spec = parse_spec(data, path=source, expected_name=name)
+            check_schema(spec.input_schema, field="input_schema", source=source)
+            check_schema(spec.output_schema, field="output_schema", source=source)
             instructions, used = render_instructions(body, folder=path.parent, source=source)
             if spec.custom_tools and tools_py is None:
                 raise InvalidWorker(

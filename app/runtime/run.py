@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import TypeAdapter, ValidationError
 from pydantic_ai.usage import RunUsage, UsageLimits
 
+from . import schemas
 from .agents import build_agent
 from .attachments import Attachment, check_policy
 from .context import Invocation, RunState, RuntimeConfig, own_usage, usage_dict
-from .errors import InvalidInput, LlmDoError, translate
+from .errors import LlmDoError, translate
 from .events import (
     Event,
     EventSink,
@@ -44,30 +44,8 @@ def new_id() -> str:
 
 
 def validate_input(worker: Worker, value: Any) -> None:
-    schema = worker.spec.input_schema
-    if schema is None:
-        return
-    try:
-        _schema_validator(json.dumps(schema, sort_keys=True)).validate_python(value)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "input"
-        raise InvalidInput(
-            f"Input for worker {worker.name!r} does not match its input_schema: "
-            f"{where}: {err['msg']}"
-        ) from exc
-
-
-_validators: dict[str, TypeAdapter[Any]] = {}
-
-
-def _schema_validator(key: str) -> TypeAdapter[Any]:
-    adapter = _validators.get(key)
-    if adapter is None:
-        from pydantic_ai import StructuredDict
-
-        adapter = _validators[key] = TypeAdapter(StructuredDict(json.loads(key)))
-    return adapter
+    if worker.spec.input_schema is not None:
+        schemas.validate(worker.spec.input_schema, value, worker=worker.name, cache=worker.cache)
 
 
 def _prompt(value: Any, files: list[Attachment]) -> str | list[Any]:
