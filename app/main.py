@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api import errors
-from app.api.routes import health, runs, workers
+from app.api.routes import approvals, health, runs, workers
 from app.runs import RunManager
 from app.runtime import ModelResolver, RuntimeConfig, WorkerRegistry
 from app.settings import Settings
@@ -51,4 +51,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(workers.router)
     app.include_router(runs.router)
+    app.include_router(approvals.router)
     return app

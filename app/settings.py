@@ -6,6 +6,7 @@ Built once (by the CLI or a test) and passed to `create_app`; never read at impo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,12 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="Port `llm-do serve` binds")
     model: str | None = Field(
         None, description="Default model for workers that name none (unset: the offline `echo`)"
+    )
+    approval: Literal["prompt", "approve_all", "deny_all"] = Field(
+        "prompt", description="Approval mode of runs that do not ask for one"
+    )
+    approval_timeout_s: float = Field(
+        600, gt=0, description="Seconds a gated tool call waits for a decision before it is denied"
     )
     max_depth: int = Field(5, ge=0, description="Deepest nesting of worker_call (root is 0)")
     data_dir: Path = Field(Path(".llm-do"), description="Folder for the service's own data")

@@ -52,6 +52,12 @@ def test_runtime_public_surface_is_pinned():
     import app.runtime
 
     assert set(app.runtime.__all__) == {
+        "APPROVAL_MODES",
+        "ApprovalAlreadyDecided",
+        "ApprovalMode",
+        "ApprovalNotFound",
+        "DecisionKind",
+        "InternalError",
         "BUILTIN_MODELS",
         "DEFAULT_MODEL",
         "EVENT_TYPES",

@@ -30,7 +30,18 @@ STATUS: dict[type[rt.LlmDoError], int] = {
     rt.ModelBehaviorError: 502,
     rt.UsageLimitReached: 429,
     rt.WorkerTimeout: 504,
+    rt.InternalError: 500,
+    rt.ApprovalNotFound: 404,
+    rt.ApprovalAlreadyDecided: 409,
 }
+
+
+class InvalidRequest(Exception):
+    """A request body that cannot be used; HTTP-only, so it lives here, not in the runtime."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 def status_of(exc: rt.LlmDoError) -> int:
@@ -51,6 +62,11 @@ async def _llm_do_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, rt.InvalidWorker):
         extra = {"path": exc.path, "field": exc.field}
     return error_response(status_of(exc), exc.type, exc.message, **extra)
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InvalidRequest)
+    return error_response(422, "invalid_request", exc.message)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -85,6 +101,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(rt.LlmDoError, _llm_do_error)
+    app.add_exception_handler(InvalidRequest, _invalid_request)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

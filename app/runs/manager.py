@@ -14,7 +14,9 @@ from collections import OrderedDict
 from typing import Any
 
 from app.runtime import (
+    ApprovalMode,
     Attachment,
+    DecisionKind,
     Event,
     ModelResolver,
     RunAlreadyEnded,
@@ -66,8 +68,10 @@ class RunManager:
         config: RuntimeConfig | None = None,
         models: ModelResolver | None = None,
         keep_finished: int = 1000,
+        default_approval: ApprovalMode = "prompt",
     ) -> None:
         self.registry = registry
+        self.default_approval = default_approval
         self.config = config or RuntimeConfig()
         self.models = models or ModelResolver()
         self._live: dict[str, RunHandle] = {}
@@ -81,6 +85,7 @@ class RunManager:
         *,
         model: str | None = None,
         attachments: list[Attachment] | None = None,
+        approval: ApprovalMode | None = None,
     ) -> RunHandle:
         """Start a run; raises the runtime's typed errors (unknown worker, bad input, ...) first."""
         handle = RunHandle()
@@ -91,6 +96,7 @@ class RunManager:
             on_event=handle.on_event,
             attachments=attachments,
             model=model,
+            approval=approval or self.default_approval,
             config=self.config,
             models=self.models,
         )
@@ -122,6 +128,21 @@ class RunManager:
         handle = self.get(run_id)
         if not handle.run.cancel(reason):
             raise RunAlreadyEnded(f"Run {run_id!r} has already ended")
+
+    def approvals(self, run_id: str) -> list[dict[str, Any]]:
+        return [p.public() for p in self.get(run_id).run.state.gate.pending]
+
+    def decide(
+        self,
+        run_id: str,
+        approval_id: str,
+        decision: DecisionKind,
+        *,
+        reason: str | None = None,
+        args: dict[str, Any] | None = None,
+    ) -> None:
+        """Deliver a person's decision to the run's gate (the only place that decides)."""
+        self.get(run_id).run.state.gate.decide(approval_id, decision, reason=reason, args=args)
 
     @property
     def live_count(self) -> int:

@@ -5,12 +5,16 @@ async for event in run_worker(registry, "greeter", "hello"):
     ...
 """
 
+from .approvals import APPROVAL_MODES, ApprovalMode, DecisionKind
 from .attachments import Attachment, check_policy
 from .context import RuntimeConfig
 from .definitions import WorkerSpec, is_valid_name
 from .errors import (
+    ApprovalAlreadyDecided,
+    ApprovalNotFound,
     AttachmentRejected,
     DelegationError,
+    InternalError,
     InvalidInput,
     InvalidWorker,
     LlmDoError,
@@ -30,14 +34,20 @@ from .registry import Worker, WorkerRegistry
 from .run import RunResult, WorkerRun, new_id, run_worker
 
 __all__ = [
+    "APPROVAL_MODES",
     "BUILTIN_MODELS",
     "DEFAULT_MODEL",
     "EVENT_TYPES",
     "TERMINAL_TYPES",
+    "ApprovalAlreadyDecided",
+    "ApprovalMode",
+    "ApprovalNotFound",
     "Attachment",
     "AttachmentRejected",
+    "DecisionKind",
     "DelegationError",
     "Event",
+    "InternalError",
     "InvalidInput",
     "InvalidWorker",
     "LlmDoError",

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from pydantic_ai.messages import ModelResponse, ToolReturnPart
 from pydantic_ai.usage import RunUsage
 
+from .approvals import ApprovalGate
 from .events import EventSink, Usage
 from .models import ModelResolver
-from .registry import WorkerRegistry
+from .registry import Worker, WorkerRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,7 @@ class RuntimeConfig:
 
     default_model: str = "echo"
     max_depth: int = 5
+    approval_timeout_s: float = 600
 
 
 @dataclass(slots=True)
@@ -27,7 +29,9 @@ class RunState:
     registry: WorkerRegistry
     models: ModelResolver
     config: RuntimeConfig
+    gate: ApprovalGate
     request_model: str | None = None
+    created: set[tuple[str, str]] = field(default_factory=set)  # (creator, created) this run
 
 
 @dataclass(slots=True)
@@ -35,6 +39,7 @@ class Invocation:
     """One running worker: the root, or a child started by worker_call."""
 
     state: RunState
+    worker: Worker
     worker_name: str
     call_id: str
     path: tuple[str, ...]
@@ -42,7 +47,6 @@ class Invocation:
     model_name: str
     parent_call_id: str | None = None
     tool_call_id: str | None = None
-    children: list[str] = field(default_factory=list)
 
 
 def usage_dict(usage: RunUsage) -> Usage:

@@ -9,7 +9,14 @@ import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import InvalidWorker
 
@@ -52,6 +59,62 @@ class AttachmentPolicy(_Strict):
     denied_suffixes: list[str] = []
 
 
+class ShellRule(_Strict):
+    prefix: str = Field(min_length=1)
+    allowed: bool = True
+    approval: bool = True
+
+
+class ShellDefault(_Strict):
+    allowed: bool = False
+    approval: bool = True
+
+
+class ShellConfig(_Strict):
+    rules: list[ShellRule] = []
+    default: ShellDefault = ShellDefault()
+    cwd: str | None = None
+
+
+def _legacy_shell(data: dict[str, Any]) -> dict[str, Any]:
+    """Accept the llm-do CLI's `shell_rules` / `shell_default` / `shell_cwd` as `shell`."""
+    legacy = {k: data.pop(k) for k in ("shell_rules", "shell_default", "shell_cwd") if k in data}
+    if not legacy:
+        return data
+    if "shell" in data:
+        raise ValueError(
+            "use either 'shell' or 'shell_rules'/'shell_default'/'shell_cwd', not both"
+        )
+    rules = []
+    for rule in legacy.get("shell_rules") or []:
+        if not isinstance(rule, dict):
+            raise ValueError("each of 'shell_rules' must be a mapping")
+        rule = dict(rule)
+        sandbox_paths = rule.pop("sandbox_paths", None)
+        converted: dict[str, Any] = {"prefix": rule.pop("pattern", None)}
+        if "allowed" in rule:
+            converted["allowed"] = rule.pop("allowed")
+        approval = rule.pop("approval_required", True)
+        # A path restriction we do not enforce argument by argument becomes an approval.
+        converted["approval"] = bool(approval) or bool(sandbox_paths)
+        if rule:
+            raise ValueError(f"unknown key(s) in shell_rules: {sorted(rule)}")
+        rules.append(converted)
+    shell: dict[str, Any] = {"rules": rules}
+    default = legacy.get("shell_default")
+    if isinstance(default, dict):
+        default = dict(default)
+        if "approval_required" in default:
+            default["approval"] = default.pop("approval_required")
+        shell["default"] = default
+    if legacy.get("shell_cwd"):
+        shell["cwd"] = legacy["shell_cwd"]
+    return {**data, "shell": shell}
+
+
+BUILTIN_TOOLS = ("worker_call", "worker_create", "list_files", "read_file", "write_file", "shell")
+
+
 class UsageLimitsConfig(_Strict):
     request_limit: int | None = Field(default=50, gt=0)
     total_tokens_limit: int | None = Field(default=None, gt=0)
@@ -73,6 +136,26 @@ class WorkerSpec(_Strict):
     custom_tools: list[str] = []
     usage_limits: UsageLimitsConfig = UsageLimitsConfig()
     timeout_s: float = Field(default=600, gt=0)
+    worker_create: bool = False
+    require_approval: list[str] = []
+    shell: ShellConfig | None = None
+    locked: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        return _legacy_shell(dict(data)) if isinstance(data, dict) else data
+
+    @model_validator(mode="after")
+    def _approvals_name_tools(self) -> WorkerSpec:
+        known = set(BUILTIN_TOOLS) | set(self.custom_tools)
+        for name in self.require_approval:
+            if name not in known:
+                raise ValueError(
+                    f"require_approval names {name!r}, which is not a tool of this worker "
+                    f"(custom_tools or one of {', '.join(BUILTIN_TOOLS)})"
+                )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -119,10 +202,13 @@ def parse_spec(data: dict[str, Any], *, path: str, expected_name: str) -> Worker
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or None
+        detail = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"{path}: unknown key {field!r}"
+        elif field is None:
+            msg = f"{path}: {detail}"
         else:
-            msg = f"{path}: field {field!r}: {err['msg']}"
+            msg = f"{path}: field {field!r}: {detail}"
         raise InvalidWorker(msg, path=path, field=field) from exc
     if spec.name != expected_name:
         raise InvalidWorker(

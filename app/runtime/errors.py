@@ -13,7 +13,10 @@
     ├── WorkerTimeout               a worker ran past its timeout_s
     ├── DelegationError             worker_call refused (allowlist, depth) or the child failed
     ├── RunNotFound                 no run by that id
-    └── RunAlreadyEnded             cancel of a run that has ended
+    ├── RunAlreadyEnded             cancel of a run that has ended
+    ├── InternalError               an unexpected exception in a worker (a bug, or user code)
+    ├── ApprovalNotFound            no pending or decided approval by that id in that run
+    └── ApprovalAlreadyDecided      a second decision for one approval
 
 Foreign exceptions (PydanticAI's) are translated once, in `translate`, raised `from` the original.
 """
@@ -96,6 +99,18 @@ class RunNotFound(LlmDoError):
 
 class RunAlreadyEnded(LlmDoError):
     type = "run_already_ended"
+
+
+class InternalError(LlmDoError):
+    type = "internal_error"
+
+
+class ApprovalNotFound(LlmDoError):
+    type = "approval_not_found"
+
+
+class ApprovalAlreadyDecided(LlmDoError):
+    type = "approval_already_decided"
 
 
 def translate(exc: BaseException, *, model: str) -> LlmDoError | None:

@@ -73,6 +73,28 @@ class ToolResult(_Base):
     type: Literal["tool.result"] = "tool.result"
 
 
+@dataclass(slots=True, kw_only=True)
+class ApprovalRequested(_Base):
+    approval_id: str
+    tool_call_id: str
+    tool: str
+    args: Any
+    description: str
+    details: dict[str, Any] | None = None
+    created_at: float
+    expires_at: float
+    type: Literal["approval.requested"] = "approval.requested"
+
+
+@dataclass(slots=True, kw_only=True)
+class ApprovalResolved(_Base):
+    approval_id: str
+    tool_call_id: str
+    decision: str
+    reason: str | None = None
+    type: Literal["approval.resolved"] = "approval.resolved"
+
+
 WorkerStatus = Literal["succeeded", "failed", "cancelled"]
 
 
@@ -113,6 +135,8 @@ Event = (
     | ThinkingDelta
     | ToolCall
     | ToolResult
+    | ApprovalRequested
+    | ApprovalResolved
     | WorkerFinished
     | RunCompleted
     | RunFailed
@@ -130,6 +154,8 @@ EVENT_TYPES = {
         ThinkingDelta,
         ToolCall,
         ToolResult,
+        ApprovalRequested,
+        ApprovalResolved,
         WorkerFinished,
         RunCompleted,
         RunFailed,

@@ -4,11 +4,14 @@
   delta per word; `model_settings: {delay_ms: N}` paces it like a remote model. It
   calls no tools. With a structured output it returns the input object as the output.
 - `demo`: an offline stand-in for a tool-using model, so the examples can show
-  tools and delegation without a key. On its first turn it calls every tool it is
-  offered once, with arguments taken from the input (matching keys of an object
-  input, numbers found in a text input, the text for string parameters, the first
-  allowed worker for `worker`); once the results are back it reports them. With no
-  tool it can fill, it behaves like `echo`.
+  tools, approvals and delegation without a key. An object input may script it:
+  `{"calls": [{"tool": T, "args": {...}}, ...]}` makes those calls (in parallel),
+  `{"turns": [[...], [...]]}` one list per model turn; after the script it reports
+  the last results. Otherwise, on its first turn it calls every tool it is offered
+  once, with arguments taken from the input (matching keys of an object input,
+  numbers found in a text input, the text for string parameters, the first allowed
+  worker for `worker`), then reports the results. With no tool it can fill, it
+  behaves like `echo`.
 
 Anything else goes to PydanticAI's `infer_model` (`openai-chat:...`, `anthropic:...`,
 `ollama:...`, `test`); a string that cannot be built is a ModelError naming the model
@@ -145,18 +148,43 @@ def _demo_args(tool: ToolDefinition, text: str) -> dict[str, Any] | None:
     return args
 
 
+def _demo_script(text: str) -> list[list[dict[str, Any]]] | None:
+    """`{"calls": [...]}` (one turn) or `{"turns": [[...], [...]]}` in an object input."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("turns"), list):
+        return [t if isinstance(t, list) else [] for t in obj["turns"]]
+    if isinstance(obj.get("calls"), list):
+        return [obj["calls"]]
+    return None
+
+
 def _demo_plan(messages: list[ModelMessage], info: AgentInfo) -> list[ToolCallPart] | str:
     last = messages[-1]
     returns = [p for p in getattr(last, "parts", []) if isinstance(p, ToolReturnPart)]
+    text = _user_text(messages)
+    script = _demo_script(text)
+    turn = sum(isinstance(m, ModelResponse) for m in messages)
+    if script is not None and turn < len(script):
+        return [
+            ToolCallPart(str(c.get("tool")), c.get("args") or {}, tool_call_id=f"demo-{turn}-{i}")
+            for i, c in enumerate(script[turn])
+            if isinstance(c, dict)
+        ]
     if returns:
         lines = [f"{p.tool_name}: {p.model_response_str()}" for p in returns]
         return "Results:\n" + "\n".join(lines)
-    text = _user_text(messages)
+    if script is not None:
+        return "Done."
     calls = []
     for i, tool in enumerate(info.function_tools):
         args = _demo_args(tool, text)
         if args is not None:
-            calls.append(ToolCallPart(tool.name, args, tool_call_id=f"demo-{i}"))
+            calls.append(ToolCallPart(tool.name, args, tool_call_id=f"demo-{turn}-{i}"))
     return calls or text
 
 

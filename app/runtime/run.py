@@ -18,9 +18,10 @@ from pydantic_ai.usage import RunUsage, UsageLimits
 
 from . import schemas
 from .agents import build_agent
+from .approvals import ApprovalGate, ApprovalMode
 from .attachments import Attachment, check_policy
 from .context import Invocation, RunState, RuntimeConfig, own_usage, usage_dict
-from .errors import LlmDoError, translate
+from .errors import InternalError, LlmDoError, translate
 from .events import (
     Event,
     EventSink,
@@ -80,6 +81,7 @@ async def invoke(
     model_name = _model_for(state, worker, parent)
     inv = Invocation(
         state=state,
+        worker=worker,
         worker_name=worker.name,
         call_id=call_id or new_id(),
         path=(*parent.path, worker.name) if parent else (worker.name,),
@@ -112,9 +114,9 @@ async def invoke(
         emit(WorkerFinished(**base, status="cancelled"))
         raise
     except Exception as exc:
-        err = translate(exc, model=model_name)
-        if err is None:
-            raise
+        # Unmapped exceptions too: a child's failure is a failed tool call for its caller,
+        # never a dead run, and the event tree always closes this worker's node.
+        err = translate(exc, model=model_name) or InternalError(f"{type(exc).__name__}: {exc}")
         emit(WorkerFinished(**base, status="failed", error=err.as_dict()))
         if err is exc:
             raise
@@ -156,20 +158,31 @@ class WorkerRun:
         on_event: Callable[[Event], None],
         attachments: list[Attachment] | None = None,
         model: str | None = None,
+        approval: ApprovalMode = "prompt",
         run_id: str | None = None,
         config: RuntimeConfig | None = None,
         models: ModelResolver | None = None,
+        on_approvals_changed: Callable[[], None] | None = None,
     ) -> None:
         self.run_id = run_id or new_id()
         self.name = name
         self.input = input
         self.attachments = attachments or []
+        config = config or RuntimeConfig()
+        sink = EventSink(self.run_id, on_event)
         self.state = RunState(
             run_id=self.run_id,
-            sink=EventSink(self.run_id, on_event),
+            sink=sink,
             registry=registry,
             models=models or ModelResolver(),
-            config=config or RuntimeConfig(),
+            config=config,
+            gate=ApprovalGate(
+                self.run_id,
+                sink,
+                mode=approval,
+                timeout_s=config.approval_timeout_s,
+                on_change=on_approvals_changed,
+            ),
             request_model=model,
         )
         self.worker: Worker | None = None
