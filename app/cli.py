@@ -144,6 +144,16 @@ class Renderer:
             self._line(0, self._c("31", f"✗ failed: {err['type']}: {err['message']}"))
         elif kind == "run.cancelled":
             self._line(0, self._c("31", f"✗ cancelled: {ev['reason']}"))
+        elif kind == "approval.requested":
+            args = _clip(json.dumps(ev["args"], ensure_ascii=False))
+            self._line(
+                depth, self._c("35", f"⏸ approval {ev['approval_id']}: {ev['tool']}({args})")
+            )
+        elif kind == "approval.resolved":
+            reason = f" ({ev['reason']})" if ev.get("reason") else ""
+            self._line(
+                depth, self._c("35", f"▶ approval {ev['approval_id']}: {ev['decision']}{reason}")
+            )
         self.out.flush()
 
 
@@ -166,64 +176,168 @@ def _input(text: str | None) -> Any:
     return value if isinstance(value, dict) else text
 
 
-async def _events_local(args: argparse.Namespace) -> AsyncIterator[dict[str, Any]]:
-    from app.runtime import ModelResolver, RuntimeConfig, WorkerRegistry, run_worker
+class LocalSession:
+    """Runs the worker in this process; decisions go straight to the run's gate."""
 
-    settings = _settings(args)
-    registry = WorkerRegistry(settings.workers_dir)
-    config = RuntimeConfig(default_model=settings.default_model, max_depth=settings.max_depth)
-    async for ev in run_worker(
-        registry,
-        args.name,
-        _input(args.input),
-        model=args.model_override,
-        config=config,
-        models=ModelResolver(),
-    ):
-        yield json.loads(pydantic_core.to_json(ev, serialize_unknown=True))
+    def __init__(self, args: argparse.Namespace, approval: str) -> None:
+        from app.runtime import ModelResolver, RuntimeConfig, WorkerRegistry, WorkerRun
+
+        settings = _settings(args)
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.run = WorkerRun(
+            WorkerRegistry(settings.workers_dir),
+            args.name,
+            _input(args.input),
+            on_event=self._queue.put_nowait,
+            model=args.model_override,
+            approval=approval,  # type: ignore[arg-type]
+            config=RuntimeConfig(
+                default_model=settings.default_model,
+                max_depth=settings.max_depth,
+                approval_timeout_s=settings.approval_timeout_s,
+            ),
+            models=ModelResolver(),
+        )
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        task = asyncio.create_task(self.run.execute())
+        try:
+            while True:
+                ev = await self._queue.get()
+                yield json.loads(pydantic_core.to_json(ev, serialize_unknown=True))
+                if ev.type in ("run.completed", "run.failed", "run.cancelled"):
+                    break
+        finally:
+            if not task.done():
+                self.run.cancel("interrupted")
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def decide(self, run_id: str, approval_id: str, decision: str, reason: str | None) -> str:
+        from app.runtime import LlmDoError
+
+        try:
+            self.run.state.gate.decide(approval_id, decision, reason=reason)  # type: ignore[arg-type]
+        except LlmDoError as exc:
+            return exc.message
+        return ""
 
 
-async def _events_remote(args: argparse.Namespace) -> AsyncIterator[dict[str, Any]]:
-    import httpx
+class RemoteSession:
+    """Follows a run on a server over SSE; decisions are POSTed back."""
 
-    body: dict[str, Any] = {"input": _input(args.input)}
-    if args.model_override:
-        body["model"] = args.model_override
-    url = f"{args.server.rstrip('/')}/workers/{args.name}/run"
-    timeout = httpx.Timeout(30, read=None)
-    async with (
-        httpx.AsyncClient(timeout=timeout) as client,
-        client.stream("POST", url, json=body, headers={"Accept": "text/event-stream"}) as resp,
-    ):
-        if resp.status_code != 200:
-            await resp.aread()
-            try:
-                err = resp.json()["error"]
-            except (ValueError, KeyError):
-                err = {"type": "http_error", "message": resp.text}
-            raise SystemExit(f"llm-do: HTTP {resp.status_code}: {err['type']}: {err['message']}")
-        data: list[str] = []
-        async for line in resp.aiter_lines():
-            if line.startswith("data:"):
-                data.append(line[5:].lstrip(" "))
-            elif line == "" and data:
-                yield json.loads("\n".join(data))
-                data = []
+    def __init__(self, args: argparse.Namespace, approval: str) -> None:
+        import httpx
+
+        self.base = args.server.rstrip("/")
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(30, read=None))
+        self.body: dict[str, Any] = {"input": _input(args.input), "approval": approval}
+        if args.model_override:
+            self.body["model"] = args.model_override
+        self.name = args.name
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        url = f"{self.base}/workers/{self.name}/run"
+        headers = {"Accept": "text/event-stream"}
+        try:
+            async with self.client.stream("POST", url, json=self.body, headers=headers) as resp:
+                if resp.status_code != 200:
+                    await resp.aread()
+                    try:
+                        err = resp.json()["error"]
+                    except (ValueError, KeyError):
+                        err = {"type": "http_error", "message": resp.text}
+                    raise SystemExit(
+                        f"llm-do: HTTP {resp.status_code}: {err['type']}: {err['message']}"
+                    )
+                data: list[str] = []
+                async for line in resp.aiter_lines():
+                    if line.startswith("data:"):
+                        data.append(line[5:].lstrip(" "))
+                    elif line == "" and data:
+                        yield json.loads("\n".join(data))
+                        data = []
+        finally:
+            await self.client.aclose()
+
+    async def decide(self, run_id: str, approval_id: str, decision: str, reason: str | None) -> str:
+        url = f"{self.base}/runs/{run_id}/approvals/{approval_id}"
+        resp = await self.client.post(url, json={"decision": decision, "reason": reason})
+        return "" if resp.status_code == 200 else resp.json()["error"]["message"]
+
+
+_CHOICES = {"a": "approve", "r": "approve_for_run", "d": "deny"}
+
+
+async def _prompt(
+    session: LocalSession | RemoteSession,
+    ev: dict[str, Any],
+    turn: asyncio.Lock,
+    resolved: set[str],
+) -> None:
+    """Ask the person at the terminal, one question at a time (skipping approvals decided
+    elsewhere meanwhile); the run keeps going while they think."""
+    async with turn:
+        if ev["approval_id"] not in resolved:
+            await _ask(session, ev)
+
+
+async def _ask(session: LocalSession | RemoteSession, ev: dict[str, Any]) -> None:
+    args = json.dumps(ev["args"], ensure_ascii=False)
+    where = " > ".join(ev["path"])
+    question = (
+        f"\n⚠ approval needed in {where}: {ev['tool']}({_clip(args, 500)})\n"
+        f"  {ev['description']}\n  [a]pprove, approve for the [r]un, [d]eny? "
+    )
+    while (
+        answer := (await asyncio.to_thread(input, question)).strip().lower()[:1]
+    ) not in _CHOICES:
+        question = "  please answer a, r or d: "
+    reason = None
+    if _CHOICES[answer] == "deny":
+        reason = (await asyncio.to_thread(input, "  reason (optional): ")).strip() or None
+    problem = await session.decide(ev["run_id"], ev["approval_id"], _CHOICES[answer], reason)
+    if problem:
+        print(f"  (not applied: {problem})", flush=True)
 
 
 async def _run(args: argparse.Namespace) -> int:
+    interactive = sys.stdin.isatty() and not args.json
+    if args.approve_all:
+        approval = "approve_all"
+    elif args.deny_all:
+        approval = "deny_all"
+    elif interactive or args.server:
+        approval = "prompt"
+    else:
+        approval = "deny_all"
+        print(
+            "llm-do: no terminal to ask for approvals: gated tool calls are denied "
+            "(use --approve-all to allow them)",
+            file=sys.stderr,
+        )
+    session: LocalSession | RemoteSession = (
+        RemoteSession(args, approval) if args.server else LocalSession(args, approval)
+    )
     renderer = Renderer(sys.stdout, color=sys.stdout.isatty() and not args.json)
-    source = _events_remote(args) if args.server else _events_local(args)
+    prompts: list[asyncio.Task[None]] = []
+    turn = asyncio.Lock()
+    resolved: set[str] = set()
     status = 1
-    async for ev in source:
-        if args.json:
-            print(json.dumps(ev, ensure_ascii=False), flush=True)
-        else:
-            renderer.event(ev)
-        if ev["type"] == "run.completed":
-            status = 0
-        elif ev["type"] in ("run.failed", "run.cancelled"):
-            status = 1
+    try:
+        async for ev in session.events():
+            if args.json:
+                print(json.dumps(ev, ensure_ascii=False), flush=True)
+            else:
+                renderer.event(ev)
+            if ev["type"] == "approval.requested" and interactive and approval == "prompt":
+                prompts.append(asyncio.create_task(_prompt(session, ev, turn, resolved)))
+            elif ev["type"] == "approval.resolved":
+                resolved.add(ev["approval_id"])
+            elif ev["type"] == "run.completed":
+                status = 0
+    finally:
+        for task in prompts:
+            task.cancel()
     return status
 
 
@@ -261,11 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", dest="workers_dir", help="workers folder, in-process only")
     run.add_argument("--model", dest="model_override", help="model for workers that name none")
     run.add_argument("--json", action="store_true", help="print raw events, one JSON per line")
+    gate = run.add_mutually_exclusive_group()
+    gate.add_argument("--approve-all", action="store_true", help="run every gated tool call")
+    gate.add_argument("--deny-all", action="store_true", help="deny every gated tool call")
     run.set_defaults(func=cmd_run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    import pydantic_ai
+
+    pydantic_ai.BANNER_ENABLED = False  # our own output is the interface
     args = build_parser().parse_args(argv)
     return args.func(args)
 
