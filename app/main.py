@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,11 +11,24 @@ from fastapi import FastAPI
 
 from app.api import errors
 from app.api.routes import approvals, health, runs, workers
-from app.runs import RunManager
+from app.runs import RunManager, RunStore, open_store
 from app.runtime import ModelResolver, RuntimeConfig, WorkerRegistry
 from app.settings import Settings
 
 log = logging.getLogger("llm_do")
+
+
+async def _retention(store: RunStore, settings: Settings) -> None:
+    """Prune ended runs now and then every hour, per the retention settings."""
+    max_age = settings.retention_days * 86400 if settings.retention_days else None
+    while True:
+        try:
+            removed = await store.prune(max_age_s=max_age, max_runs=settings.retention_runs)
+            if removed:
+                log.info("retention: deleted %d ended run(s)", removed)
+        except Exception:
+            log.exception("retention pass failed")
+        await asyncio.sleep(3600)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -23,8 +37,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
         registry = WorkerRegistry(settings.workers_dir)
+        store = open_store(settings.resolved_store_url)
+        await store.open()
         manager = RunManager(
             registry,
+            store=store,
             config=RuntimeConfig(
                 default_model=settings.default_model, max_depth=settings.max_depth
             ),
@@ -36,10 +53,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.default_model,
             "" if settings.model else " (offline; set LLM_DO_MODEL for a real provider)",
         )
+        await manager.recover()
+        janitor = asyncio.create_task(_retention(store, settings), name="llm-do-retention")
         try:
             yield {"settings": settings, "runs": manager}
         finally:
+            janitor.cancel()
+            await asyncio.gather(janitor, return_exceptions=True)
             await manager.shutdown()
+            await store.close()
 
     app = FastAPI(
         title="llm-do service",

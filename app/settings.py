@@ -29,6 +29,15 @@ class Settings(BaseSettings):
     )
     max_depth: int = Field(5, ge=0, description="Deepest nesting of worker_call (root is 0)")
     data_dir: Path = Field(Path(".llm-do"), description="Folder for the service's own data")
+    store_url: str | None = Field(
+        None, description="Run store: sqlite:///PATH or memory:// (default: SQLite in the data dir)"
+    )
+    retention_days: float | None = Field(
+        30, gt=0, description="Ended runs older than this many days are deleted (unset: kept)"
+    )
+    retention_runs: int | None = Field(
+        10000, gt=0, description="At most this many ended runs are kept, newest first"
+    )
     ping_s: float = Field(15, gt=0, description="Seconds of SSE silence before a `: ping`")
     shutdown_grace_s: float = Field(
         5, ge=0, description="Seconds open requests get to finish when the server stops"
@@ -38,3 +47,7 @@ class Settings(BaseSettings):
     @property
     def default_model(self) -> str:
         return self.model or "echo"
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.data_dir / 'runs.sqlite3'}"

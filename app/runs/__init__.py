@@ -1,7 +1,32 @@
-"""The run manager: owns every run's task and event log, fans frames out to followers."""
+"""The run manager: owns every run's task, record and event log; stores and fans out events."""
 
 from .log import RunLog
 from .manager import RunHandle, RunManager
-from .wire import encode
+from .memory import MemoryRunStore
+from .records import RunRecord, RunStatus
+from .sqlite import SqliteRunStore
+from .store import RunStore
+from .wire import encode, frame
 
-__all__ = ["RunHandle", "RunLog", "RunManager", "encode"]
+__all__ = [
+    "MemoryRunStore",
+    "RunHandle",
+    "RunLog",
+    "RunManager",
+    "RunRecord",
+    "RunStatus",
+    "RunStore",
+    "SqliteRunStore",
+    "encode",
+    "frame",
+    "open_store",
+]
+
+
+def open_store(url: str) -> RunStore:
+    """`sqlite:///path/to/file.sqlite3` or `memory://`."""
+    if url.startswith("memory:"):
+        return MemoryRunStore()
+    if url.startswith("sqlite:///"):
+        return SqliteRunStore(url.removeprefix("sqlite:///"))
+    raise ValueError(f"Unsupported LLM_DO_STORE_URL {url!r}: use sqlite:///PATH or memory://")

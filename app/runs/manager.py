@@ -1,8 +1,11 @@
-"""RunManager: starts runs as tasks it owns, keeps their logs, cancels them, stops them all.
+"""RunManager: starts runs as tasks it owns, records them, logs and stores their events,
+fans them out, delivers cancels and approval decisions, and stops them all on shutdown.
 
 A run belongs to the manager, never to the HTTP request that started it: a client
 that goes away asks for a cancel (or not, with on_disconnect=continue), it does not
-kill the task.
+kill the task. Every event is encoded once, appended to the run's in-memory log
+(followers read it live) and queued for the store. The terminal event is held back
+until it and the final record are durable: a run counts as ended only then.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Any
 
 from app.runtime import (
+    TERMINAL_TYPES,
+    ApprovalAlreadyDecided,
     ApprovalMode,
     Attachment,
     DecisionKind,
@@ -26,36 +32,60 @@ from app.runtime import (
     WorkerRegistry,
     WorkerRun,
 )
+from app.runtime.events import RunFailed
 
 from .log import RunLog
-from .wire import encode
+from .memory import MemoryRunStore
+from .records import RunRecord
+from .store import RunStore
+from .wire import encode, frame
 
 log = logging.getLogger("llm_do.runs")
 
+REPLAY_PAGE = 500
+
 
 class RunHandle:
-    """A run the manager owns: its runtime object, its frames, and how it ended."""
+    """A live (or just finished) run: its runtime object, record, frames and result."""
 
-    __slots__ = ("created_at", "log", "result", "run", "task")
+    __slots__ = ("_store", "_terminal", "log", "record", "result", "run", "task")
 
     run: WorkerRun
 
-    def __init__(self) -> None:
+    def __init__(self, record: RunRecord, store: RunStore) -> None:
+        self.record = record
         self.log = RunLog()
-        self.created_at = time.time()
         self.task: asyncio.Task[RunResult] | None = None
         self.result: RunResult | None = None
+        self._store = store
+        self._terminal: bytes | None = None
 
     @property
     def run_id(self) -> str:
-        return self.run.run_id
+        return self.record.run_id
 
     def on_event(self, event: Event) -> None:
-        self.log.append(encode(event))
+        """The hot path: encode once, queue for the store, append for the followers."""
+        data, sse = encode(event)
+        self._store.append(event.run_id, event.seq, event.type, data)
+        if event.type in TERMINAL_TYPES:
+            self._terminal = sse  # sent once it is durable (see RunManager._drive)
+        else:
+            self.log.append(sse)
+
+    def approvals_changed(self) -> None:
+        record = self.record
+        if record.ended:
+            return
+        status = "waiting_approval" if self.run.state.gate.pending else "running"
+        if status != record.status:
+            record.status = status
+            record.last_seq = self.run.state.sink.seq
+            self._store.update(record)
 
     async def wait(self) -> RunResult:
-        """The result, once the run ends. Waiting does not own the run: cancelling the waiter
-        leaves the run going."""
+        """The result, once the run ends. Waiting does not own the run: cancelling the
+        waiter leaves the run going."""
         assert self.task is not None
         return await asyncio.shield(self.task)
 
@@ -65,20 +95,65 @@ class RunManager:
         self,
         registry: WorkerRegistry,
         *,
+        store: RunStore | None = None,
         config: RuntimeConfig | None = None,
         models: ModelResolver | None = None,
-        keep_finished: int = 1000,
         default_approval: ApprovalMode = "prompt",
+        keep_finished: int = 200,
     ) -> None:
         self.registry = registry
-        self.default_approval = default_approval
+        self.store: RunStore = store or MemoryRunStore()
         self.config = config or RuntimeConfig()
         self.models = models or ModelResolver()
+        self.default_approval = default_approval
         self._live: dict[str, RunHandle] = {}
-        self._finished: OrderedDict[str, RunHandle] = OrderedDict()
+        self._recent: OrderedDict[str, RunHandle] = OrderedDict()
         self._keep_finished = keep_finished
 
-    def start(
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def recover(self) -> list[str]:
+        """At start-up: runs the store still thinks are going were cut off by a stop or a
+        crash. Each ends `interrupted`, with a terminal `run.failed` event after its last."""
+        ids = []
+        for record in await self.store.unfinished():
+            seq = record.last_seq + 1
+            error = {
+                "type": "interrupted",
+                "message": "the service stopped while this run was in flight",
+            }
+            event = RunFailed(
+                run_id=record.run_id,
+                worker=record.worker,
+                path=(record.worker,),
+                call_id=record.run_id,
+                seq=seq,
+                error=error,
+            )
+            data, _ = encode(event)
+            self.store.append(record.run_id, seq, event.type, data)
+            record.status, record.error, record.last_seq = "interrupted", error, seq
+            record.finished_at = time.time()
+            self.store.update(record)
+            ids.append(record.run_id)
+        await self.store.flush()
+        if ids:
+            log.warning("marked %d run(s) interrupted by the last stop: %s", len(ids), ids)
+        return ids
+
+    async def shutdown(self, reason: str = "the service is shutting down") -> None:
+        """End every live run as `interrupted` and wait until each is recorded."""
+        handles = list(self._live.values())
+        for handle in handles:
+            handle.run.cancel(reason, interrupted=True)
+        tasks = [h.task for h in handles if h.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.store.flush()
+
+    # ---- runs -----------------------------------------------------------------------
+
+    async def start(
         self,
         name: str,
         input: Any = None,
@@ -87,8 +162,13 @@ class RunManager:
         attachments: list[Attachment] | None = None,
         approval: ApprovalMode | None = None,
     ) -> RunHandle:
-        """Start a run; raises the runtime's typed errors (unknown worker, bad input, ...) first."""
-        handle = RunHandle()
+        """Start a run; raises the runtime's typed errors (unknown worker, bad input, ...)
+        before anything is recorded. The record is durable when this returns."""
+        mode = approval or self.default_approval
+        record = RunRecord(
+            run_id="", worker=name, status="running", created_at=time.time(), approval=mode
+        )
+        handle = RunHandle(record, self.store)
         handle.run = run = WorkerRun(
             self.registry,
             name,
@@ -96,43 +176,128 @@ class RunManager:
             on_event=handle.on_event,
             attachments=attachments,
             model=model,
-            approval=approval or self.default_approval,
+            approval=mode,
             config=self.config,
             models=self.models,
+            on_approvals_changed=handle.approvals_changed,
         )
         run.prepare()
+        record.run_id = run.run_id
+        record.model = run.model
+        record.input = input
+        await self.store.create(record)
+        record.started_at = time.time()
         self._live[run.run_id] = handle
         handle.task = asyncio.create_task(self._drive(handle), name=f"run-{run.run_id}")
         return handle
 
     async def _drive(self, handle: RunHandle) -> RunResult:
+        record = handle.record
+        result: RunResult | None = None
         try:
             result = await handle.run.execute()
+            return result
         finally:
+            if result is None:  # cancelled from outside, not by us: the process is going away
+                record.status = "interrupted"
+            else:
+                record.status = result.status
+                record.output, record.error, record.usage = (
+                    result.output,
+                    result.error,
+                    result.usage,
+                )
+            record.finished_at = time.time()
+            record.last_seq = handle.run.state.sink.seq
+            self.store.update(record)
+            try:
+                await self.store.flush()
+            except Exception:
+                log.exception("could not persist the end of run %s", handle.run_id)
+            if handle._terminal is not None:
+                handle.log.append(handle._terminal)
             handle.log.close()
+            handle.result = result
             self._live.pop(handle.run_id, None)
-            self._finished[handle.run_id] = handle
-            while len(self._finished) > self._keep_finished:
-                self._finished.popitem(last=False)
-        handle.result = result
-        log.info("run %s %s %s", handle.run_id, handle.run.name, result.status)
-        return result
+            self._recent[handle.run_id] = handle
+            while len(self._recent) > self._keep_finished:
+                self._recent.popitem(last=False)
+            log.info("run %s %s %s", handle.run_id, record.worker, record.status)
 
-    def get(self, run_id: str) -> RunHandle:
-        handle = self._live.get(run_id) or self._finished.get(run_id)
-        if handle is None:
+    def live(self, run_id: str) -> RunHandle | None:
+        return self._live.get(run_id) or self._recent.get(run_id)
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    async def record(self, run_id: str) -> dict[str, Any]:
+        handle = self.live(run_id)
+        if handle is not None:
+            pending = [p.public() for p in handle.run.state.gate.pending]
+            return handle.record.public(pending)
+        record = await self.store.get(run_id)
+        if record is None:
             raise RunNotFound(f"No run with id {run_id!r}")
+        return record.public()
+
+    async def list(
+        self, *, worker: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        records = await self.store.list(worker=worker, status=status, limit=limit)
+        out = []
+        for record in records:
+            handle = self._live.get(record.run_id)
+            out.append(handle.record.public() if handle else record.public())
+        return out
+
+    async def follow(self, run_id: str, after: int = 0) -> AsyncIterator[bytes]:
+        """The run's SSE frames with seq > after: live until its terminal event, or
+        replayed from the store for a run that has ended."""
+        handle = self.live(run_id)
+        if handle is not None:
+            return handle.log.follow(after)
+        if await self.store.get(run_id) is None:
+            raise RunNotFound(f"No run with id {run_id!r}")
+        return self._replay(run_id, after)
+
+    async def _replay(self, run_id: str, after: int) -> AsyncIterator[bytes]:
+        while True:
+            rows = await self.store.events(run_id, after, REPLAY_PAGE)
+            if not rows:
+                return
+            yield b"".join(frame(seq, type_, data) for seq, type_, data in rows)
+            after = rows[-1][0]
+
+    def cancel(self, run_id: str, reason: str = "cancelled by request") -> RunHandle:
+        handle = self._live.get(run_id)
+        if handle is None or not handle.run.cancel(reason):
+            if handle is None and self._recent.get(run_id) is None:
+                raise RunNotFound(f"No live run with id {run_id!r}")
+            raise RunAlreadyEnded(f"Run {run_id!r} has already ended")
         return handle
 
-    def cancel(self, run_id: str, reason: str = "cancelled") -> None:
-        handle = self.get(run_id)
-        if not handle.run.cancel(reason):
-            raise RunAlreadyEnded(f"Run {run_id!r} has already ended")
+    async def cancel_and_wait(self, run_id: str, reason: str = "cancelled by request") -> str:
+        try:
+            handle = self.cancel(run_id, reason)
+        except RunNotFound:
+            if await self.store.get(run_id) is not None:
+                raise RunAlreadyEnded(f"Run {run_id!r} has already ended") from None
+            raise
+        result = await handle.wait()
+        return result.status
 
-    def approvals(self, run_id: str) -> list[dict[str, Any]]:
-        return [p.public() for p in self.get(run_id).run.state.gate.pending]
+    # ---- approvals ------------------------------------------------------------------
 
-    def decide(
+    async def approvals(self, run_id: str) -> list[dict[str, Any]]:
+        handle = self.live(run_id)
+        if handle is not None:
+            return [p.public() for p in handle.run.state.gate.pending]
+        if await self.store.get(run_id) is None:
+            raise RunNotFound(f"No run with id {run_id!r}")
+        return []
+
+    async def decide(
         self,
         run_id: str,
         approval_id: str,
@@ -142,17 +307,9 @@ class RunManager:
         args: dict[str, Any] | None = None,
     ) -> None:
         """Deliver a person's decision to the run's gate (the only place that decides)."""
-        self.get(run_id).run.state.gate.decide(approval_id, decision, reason=reason, args=args)
-
-    @property
-    def live_count(self) -> int:
-        return len(self._live)
-
-    async def shutdown(self, reason: str = "the server is shutting down") -> None:
-        """Cancel every live run and wait for each to write its terminal event."""
-        handles = list(self._live.values())
-        for handle in handles:
-            handle.run.cancel(reason)
-        tasks = [h.task for h in handles if h.task is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        handle = self.live(run_id)
+        if handle is None:
+            if await self.store.get(run_id) is None:
+                raise RunNotFound(f"No run with id {run_id!r}")
+            raise ApprovalAlreadyDecided(f"Run {run_id!r} has ended; its approvals are closed")
+        handle.run.state.gate.decide(approval_id, decision, reason=reason, args=args)

@@ -1,8 +1,9 @@
-"""The one encoder: an event becomes its SSE frame bytes exactly once.
+"""The one encoder: an event becomes its JSON bytes and its SSE frame bytes exactly once.
 
-Every follower of a run yields these same bytes, and a store keeps them too, so no
-event is ever serialised twice. The `data:` line is compact JSON on one line (JSON
-escapes newlines), which is what the SSE format needs.
+Every follower of a run yields the same frame bytes and the store keeps the same
+JSON bytes, so no event is serialised twice; replay rebuilds the identical frame
+from the stored bytes. The `data:` line is compact JSON on one line (JSON escapes
+newlines), which is what the SSE format needs.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import pydantic_core
 from app.runtime import Event
 
 
-def encode(event: Event) -> bytes:
+def frame(seq: int, type: str, data: bytes) -> bytes:
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, type.encode(), data)
+
+
+def encode(event: Event) -> tuple[bytes, bytes]:
+    """(JSON data, SSE frame) of one event."""
     data = pydantic_core.to_json(event, serialize_unknown=True)
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), data)
-
-
-def data_of(frame: bytes) -> bytes:
-    """The JSON of a frame (for stores and JSON responses that need the event body)."""
-    start = frame.index(b"\ndata: ") + 7
-    return frame[start:-2]
+    return data, b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), data)

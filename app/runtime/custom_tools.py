@@ -36,8 +36,9 @@ def load_tools(tools_py: Path, names: list[str], *, source: str) -> list[Callabl
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # any import-time error of user code invalidates only this worker
+        shown = str(Path(source).parent / "tools.py")
         raise InvalidWorker(
-            f"{tools_py}: failed to import: {type(exc).__name__}: {exc}", path=str(tools_py)
+            f"{shown}: failed to import: {type(exc).__name__}: {exc}", path=shown
         ) from exc
     finally:
         sys.modules.pop(module_name, None)

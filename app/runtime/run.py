@@ -37,7 +37,7 @@ from .models import ModelResolver
 from .registry import Worker, WorkerRegistry
 from .stream import forward
 
-RunStatus = Literal["succeeded", "failed", "cancelled"]
+RunStatus = Literal["succeeded", "failed", "cancelled", "interrupted"]
 
 
 def new_id() -> str:
@@ -188,6 +188,7 @@ class WorkerRun:
         self.worker: Worker | None = None
         self._task: asyncio.Task[Any] | None = None
         self._cancel_reason: str | None = None
+        self._interrupted = False
 
     @property
     def model(self) -> str:
@@ -202,11 +203,13 @@ class WorkerRun:
             self.worker = worker
         return self.worker
 
-    def cancel(self, reason: str = "cancelled") -> bool:
-        """Ask the run to end as cancelled; False when it is not running."""
+    def cancel(self, reason: str = "cancelled", *, interrupted: bool = False) -> bool:
+        """Ask the run to end as cancelled (or, when the process is stopping, as
+        interrupted); False when it is not running."""
         if self._task is None or self._task.done() or self._cancel_reason is not None:
             return False
         self._cancel_reason = reason
+        self._interrupted = interrupted
         self._task.cancel(reason)
         return True
 
@@ -250,6 +253,10 @@ class WorkerRun:
                 raise  # not ours (e.g. the process is stopping): let it propagate
             self._task.uncancel()
             totals = usage_dict(usage)
+            if self._interrupted:
+                error = {"type": "interrupted", "message": self._cancel_reason}
+                emit(RunFailed(**base, error=error, usage=totals))
+                return RunResult(self.run_id, "interrupted", usage=totals, error=error)
             emit(RunCancelled(**base, reason=self._cancel_reason, usage=totals))
             return RunResult(self.run_id, "cancelled", usage=totals, error=None)
         except LlmDoError as exc:

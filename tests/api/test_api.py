@@ -25,7 +25,7 @@ def client(tmp_path: Path):
         "  required: [n]\n---\nCount.\n"
     )
     (workers / "broken.worker").write_text("---\nname: broken\nmodle: x\n---\nHi\n")
-    with TestClient(create_app(Settings(workers_dir=workers))) as c:
+    with TestClient(create_app(Settings(workers_dir=workers, data_dir=tmp_path / "data"))) as c:
         yield c
 
 

@@ -26,12 +26,12 @@ class DecisionIn(BaseModel):
 @router.get("/runs/{run_id}/approvals")
 async def list_approvals(run_id: str, runs: RunsDep) -> dict[str, list[dict[str, Any]]]:
     """The run's pending approvals, oldest first."""
-    return {"approvals": runs.approvals(run_id)}
+    return {"approvals": await runs.approvals(run_id)}
 
 
 @router.post("/runs/{run_id}/approvals/{approval_id}", openapi_extra=openapi_body(DecisionIn))
 async def decide(run_id: str, approval_id: str, request: Request, runs: RunsDep) -> dict[str, str]:
     """Approve, approve for the rest of the run, or deny one pending tool call."""
     body = await json_body(request, DecisionIn, what="decision")
-    runs.decide(run_id, approval_id, body.decision, reason=body.reason, args=body.args)
+    await runs.decide(run_id, approval_id, body.decision, reason=body.reason, args=body.args)
     return {"approval_id": approval_id, "decision": body.decision}

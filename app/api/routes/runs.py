@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
@@ -25,9 +25,12 @@ from app.api.deps import RunsDep, SettingsDep
 from app.api.errors import InvalidRequest
 from app.api.sse import sse_response
 from app.runs import RunHandle
+from app.runs.records import RunStatus
 from app.runtime import ApprovalMode, Attachment
 
 router = APIRouter(tags=["runs"])
+
+RETRY_HINT = b"retry: 1000\n\n"  # EventSource reconnects after 1 s, with Last-Event-ID
 
 
 class AttachmentIn(BaseModel):
@@ -52,11 +55,14 @@ class RunRequest(BaseModel):
     on_disconnect: Literal["cancel", "continue"] = Field(
         "cancel", description="What the run does when its client goes away"
     )
+    background: bool = Field(
+        False, description="Answer 202 at once; follow with GET /runs/{id} or /runs/{id}/events"
+    )
 
 
 class RunResponse(BaseModel):
     run_id: str
-    status: Literal["succeeded", "failed", "cancelled"]
+    status: RunStatus
     output: Any = None
     usage: dict[str, int] | None = None
     error: dict[str, str] | None = None
@@ -136,10 +142,14 @@ async def run_worker(name: str, request: Request, runs: RunsDep, settings: Setti
     """Run a worker. With `Accept: text/event-stream` the answer is the run's event stream;
     otherwise the answer is the result, sent when the run ends."""
     body, files = await _parse(request)
-    handle = runs.start(
+    handle = await runs.start(
         name, body.input, model=body.model, attachments=files, approval=body.approval
     )
     headers = {"X-Run-Id": handle.run_id, "Content-Location": f"/runs/{handle.run_id}"}
+    if body.background:
+        return JSONResponse(
+            {"run_id": handle.run_id, "status": handle.record.status}, 202, headers=headers
+        )
 
     def client_left() -> None:
         if body.on_disconnect == "cancel":
@@ -159,3 +169,55 @@ async def run_worker(name: str, request: Request, runs: RunsDep, settings: Setti
         yield _result_json(handle)
 
     return StreamingResponse(result(), media_type="application/json", headers=headers)
+
+
+# ---- stored runs ------------------------------------------------------------------
+
+
+@router.get("/runs")
+async def list_runs(
+    runs: RunsDep,
+    worker: str | None = None,
+    status: RunStatus | None = None,
+    limit: int = Query(50, ge=1, le=500),
+) -> dict[str, list[dict[str, Any]]]:
+    """Runs, newest first, optionally of one worker and/or in one status."""
+    return {"runs": await runs.list(worker=worker, status=status, limit=limit)}
+
+
+@router.get("/runs/{run_id}")
+async def get_run(run_id: str, runs: RunsDep) -> dict[str, Any]:
+    """A run's record, with its pending approvals while it waits for them."""
+    return await runs.record(run_id)
+
+
+@router.get("/runs/{run_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
+async def run_events(
+    run_id: str,
+    request: Request,
+    runs: RunsDep,
+    settings: SettingsDep,
+    after: int | None = Query(None, ge=0, description="Replay events after this seq"),
+) -> Any:
+    """The run's events from the start (or after `Last-Event-ID` / `?after=N`), then live
+    until its terminal event. Following never cancels the run."""
+    last = request.headers.get("last-event-id", "").strip()
+    if last:
+        if not last.isdigit():
+            raise InvalidRequest(f"Last-Event-ID must be an event id (a number), not {last!r}")
+        after = int(last)
+    chunks = await runs.follow(run_id, after or 0)
+
+    async def with_retry_hint() -> AsyncIterator[bytes]:
+        yield RETRY_HINT
+        async for chunk in chunks:
+            yield chunk
+
+    return sse_response(with_retry_hint(), ping_s=settings.ping_s)
+
+
+@router.post("/runs/{run_id}/cancel")
+async def cancel_run(run_id: str, runs: RunsDep) -> dict[str, str]:
+    """Cancel the run and every nested worker; answers once it has ended."""
+    status = await runs.cancel_and_wait(run_id)
+    return {"run_id": run_id, "status": status}

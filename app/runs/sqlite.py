@@ -1,0 +1,305 @@
+"""SqliteRunStore: the embedded RunStore (WAL mode), one writer thread, batched writes.
+
+The event loop never touches SQLite. `append`/`update` put a tuple on a queue (no
+await, no lock); the writer thread drains whatever is pending, writes it with one
+`executemany` per table and one commit, then wakes any `flush` waiting for it. Reads
+run on a small pool of their own, each thread with its own connection (WAL lets them
+read while the writer writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .records import ENDED, RunRecord
+from .store import EventRow
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    worker TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    model TEXT,
+    approval TEXT,
+    input TEXT,
+    output TEXT,
+    error TEXT,
+    usage TEXT,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at DESC);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+"""
+
+_UPSERT = """
+INSERT INTO runs (run_id, worker, status, created_at, started_at, finished_at, model, approval,
+                  input, output, error, usage, last_seq)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (run_id) DO UPDATE SET
+    status = excluded.status, started_at = excluded.started_at,
+    finished_at = excluded.finished_at, model = excluded.model, output = excluded.output,
+    error = excluded.error, usage = excluded.usage, last_seq = excluded.last_seq
+"""
+_COLUMNS = (
+    "run_id, worker, status, created_at, started_at, finished_at, model, approval, "
+    "input, output, error, usage, last_seq"
+)
+_STOP = object()
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str)
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _row(record: RunRecord) -> tuple[Any, ...]:
+    r = record
+    return (
+        r.run_id,
+        r.worker,
+        r.status,
+        r.created_at,
+        r.started_at,
+        r.finished_at,
+        r.model,
+        r.approval,
+        _dump(r.input),
+        _dump(r.output),
+        _dump(r.error),
+        _dump(r.usage),
+        r.last_seq,
+    )
+
+
+def _record(row: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(
+        run_id=row[0],
+        worker=row[1],
+        status=row[2],
+        created_at=row[3],
+        started_at=row[4],
+        finished_at=row[5],
+        model=row[6],
+        approval=row[7] or "prompt",
+        input=_load(row[8]),
+        output=_load(row[9]),
+        error=_load(row[10]),
+        usage=_load(row[11]),
+        last_seq=row[12],
+    )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+class SqliteRunStore:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="llm-do-sqlite-read")
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._error: BaseException | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def init() -> None:
+            conn = _connect(self.path)
+            conn.executescript(SCHEMA)
+            conn.close()
+
+        await asyncio.to_thread(init)
+        self._writer = threading.Thread(target=self._write_loop, name="llm-do-sqlite-writer")
+        self._writer.start()
+
+    async def close(self) -> None:
+        if self._writer is None:
+            return
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._writer.join)
+        self._writer = None
+        self._readers.shutdown(wait=True)
+        for conn in self._reader_conns:
+            conn.close()
+        self._reader_conns.clear()
+
+    # ---- writes (queued) ------------------------------------------------------------
+
+    async def create(self, record: RunRecord) -> None:
+        self._queue.put(("run", _row(record)))
+        await self.flush()
+
+    def append(self, run_id: str, seq: int, type: str, data: bytes) -> None:
+        self._queue.put(("event", (run_id, seq, type, data)))
+
+    def update(self, record: RunRecord) -> None:
+        self._queue.put(("run", _row(record)))
+
+    async def flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(_settle, done)
+
+        self._queue.put(("flush", wake))
+        await done
+        if self._error is not None:
+            raise RuntimeError(f"the run store failed: {self._error}") from self._error
+
+    def _write_loop(self) -> None:
+        conn = _connect(self.path)
+        stop = False
+        try:
+            while not stop:
+                batch = [self._queue.get()]
+                while len(batch) < 5000:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                events, runs, wakers = [], [], []
+                for op in batch:
+                    if op is _STOP:
+                        stop = True
+                    elif op[0] == "event":
+                        events.append(op[1])
+                    elif op[0] == "run":
+                        runs.append(op[1])
+                    else:
+                        wakers.append(op[1])
+                try:
+                    if events or runs:
+                        conn.execute("BEGIN")
+                        if runs:
+                            conn.executemany(_UPSERT, runs)
+                        if events:
+                            conn.executemany(
+                                "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?)", events
+                            )
+                        conn.execute("COMMIT")
+                except sqlite3.Error as exc:  # keep serving; flush() reports it
+                    self._error = exc
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                for wake in wakers:
+                    wake()
+        finally:
+            conn.close()
+
+    # ---- reads (own pool) -----------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _connect(self.path)
+            self._reader_conns.append(conn)
+        return conn
+
+    async def _read(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._readers, lambda: self._conn().execute(sql, args).fetchall()
+        )
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        rows = await self._read(f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        return _record(rows[0]) if rows else None
+
+    async def list(
+        self, *, worker: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        where, args = [], []
+        if worker is not None:
+            where.append("worker = ?")
+            args.append(worker)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        sql = f"SELECT {_COLUMNS} FROM runs {clause} ORDER BY created_at DESC LIMIT ?"
+        return [_record(r) for r in await self._read(sql, (*args, limit))]
+
+    async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[EventRow]:
+        rows = await self._read(
+            "SELECT seq, type, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (run_id, after, limit),
+        )
+        return [(seq, type_, bytes(data)) for seq, type_, data in rows]
+
+    async def unfinished(self) -> list[RunRecord]:
+        marks = ",".join("?" * len(ENDED))
+        sql = f"SELECT {_COLUMNS} FROM runs WHERE status NOT IN ({marks})"
+        records = [_record(r) for r in await self._read(sql, tuple(ENDED))]
+        for record in records:  # the record's last_seq lags; the events table does not
+            rows = await self._read(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?", (record.run_id,)
+            )
+            record.last_seq = rows[0][0]
+        return records
+
+    async def prune(self, *, max_age_s: float | None, max_runs: int | None) -> int:
+        marks = ",".join("?" * len(ENDED))
+        doomed: set[str] = set()
+        if max_age_s is not None:
+            rows = await self._read(
+                f"SELECT run_id FROM runs WHERE status IN ({marks}) AND created_at < ?",
+                (*ENDED, time.time() - max_age_s),
+            )
+            doomed |= {r[0] for r in rows}
+        if max_runs is not None:
+            rows = await self._read(
+                f"SELECT run_id FROM runs WHERE status IN ({marks}) "
+                f"ORDER BY created_at DESC LIMIT -1 OFFSET ?",
+                (*ENDED, max_runs),
+            )
+            doomed |= {r[0] for r in rows}
+        if doomed:
+
+            def delete() -> None:
+                conn = _connect(self.path)
+                try:
+                    ids = [(d,) for d in doomed]
+                    conn.execute("BEGIN")
+                    conn.executemany("DELETE FROM events WHERE run_id = ?", ids)
+                    conn.executemany("DELETE FROM runs WHERE run_id = ?", ids)
+                    conn.execute("COMMIT")
+                finally:
+                    conn.close()
+
+            await asyncio.to_thread(delete)
+        return len(doomed)
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
