@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any, TextIO
-
-import pydantic_core
 
 from app.settings import Settings
 
@@ -200,6 +200,8 @@ class LocalSession:
         )
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
+        import pydantic_core
+
         task = asyncio.create_task(self.run.execute())
         try:
             while True:
@@ -222,40 +224,52 @@ class LocalSession:
         return ""
 
 
+def _http_error(resp: Any) -> SystemExit:
+    try:
+        err = resp.json()["error"]
+    except (ValueError, KeyError):
+        err = {"type": "http_error", "message": resp.text}
+    return SystemExit(f"llm-do: HTTP {resp.status_code}: {err['type']}: {err['message']}")
+
+
+async def _sse(client: Any, method: str, url: str, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+    """The data objects of an SSE response; an error answer exits with its message."""
+    headers = {"Accept": "text/event-stream", **kwargs.pop("headers", {})}
+    async with client.stream(method, url, headers=headers, **kwargs) as resp:
+        if resp.status_code != 200:
+            await resp.aread()
+            raise _http_error(resp)
+        data: list[str] = []
+        async for line in resp.aiter_lines():
+            if line.startswith("data:"):
+                data.append(line[5:].lstrip(" "))
+            elif line == "" and data:
+                yield json.loads("\n".join(data))
+                data = []
+
+
+def _client() -> Any:
+    import httpx
+
+    return httpx.AsyncClient(timeout=httpx.Timeout(30, read=None))
+
+
 class RemoteSession:
-    """Follows a run on a server over SSE; decisions are POSTed back."""
+    """Streams a run from a server (POST with SSE); decisions are POSTed back."""
 
     def __init__(self, args: argparse.Namespace, approval: str) -> None:
-        import httpx
-
         self.base = args.server.rstrip("/")
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(30, read=None))
+        self.client = _client()
         self.body: dict[str, Any] = {"input": _input(args.input), "approval": approval}
         if args.model_override:
             self.body["model"] = args.model_override
         self.name = args.name
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        url = f"{self.base}/workers/{self.name}/run"
-        headers = {"Accept": "text/event-stream"}
         try:
-            async with self.client.stream("POST", url, json=self.body, headers=headers) as resp:
-                if resp.status_code != 200:
-                    await resp.aread()
-                    try:
-                        err = resp.json()["error"]
-                    except (ValueError, KeyError):
-                        err = {"type": "http_error", "message": resp.text}
-                    raise SystemExit(
-                        f"llm-do: HTTP {resp.status_code}: {err['type']}: {err['message']}"
-                    )
-                data: list[str] = []
-                async for line in resp.aiter_lines():
-                    if line.startswith("data:"):
-                        data.append(line[5:].lstrip(" "))
-                    elif line == "" and data:
-                        yield json.loads("\n".join(data))
-                        data = []
+            url = f"{self.base}/workers/{self.name}/run"
+            async for ev in _sse(self.client, "POST", url, json=self.body):
+                yield ev
         finally:
             await self.client.aclose()
 
@@ -263,6 +277,42 @@ class RemoteSession:
         url = f"{self.base}/runs/{run_id}/approvals/{approval_id}"
         resp = await self.client.post(url, json={"decision": decision, "reason": reason})
         return "" if resp.status_code == 200 else resp.json()["error"]["message"]
+
+
+class FollowSession(RemoteSession):
+    """Attaches to an existing run's events; resumes after a dropped connection."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.base = args.server.rstrip("/")
+        self.client = _client()
+        self.run_id = args.run_id
+        self.after = args.after
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        import httpx
+
+        url = f"{self.base}/runs/{self.run_id}/events"
+        failures = 0
+        try:
+            while True:
+                try:
+                    headers = {"Last-Event-ID": str(self.after)} if self.after else {}
+                    async for ev in _sse(self.client, "GET", url, headers=headers):
+                        failures = 0
+                        self.after = ev["seq"]
+                        yield ev
+                    return
+                except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+                    failures += 1
+                    if failures > 5:
+                        raise SystemExit(f"llm-do: lost the server: {exc}") from None
+                    print(
+                        f"llm-do: connection dropped, resuming after event {self.after}",
+                        file=sys.stderr,
+                    )
+                    await asyncio.sleep(min(2**failures * 0.25, 5))
+        finally:
+            await self.client.aclose()
 
 
 _CHOICES = {"a": "approve", "r": "approve_for_run", "d": "deny"}
@@ -301,6 +351,8 @@ async def _ask(session: LocalSession | RemoteSession, ev: dict[str, Any]) -> Non
 
 
 async def _run(args: argparse.Namespace) -> int:
+    if args.background:
+        return await _start_background(args)
     interactive = sys.stdin.isatty() and not args.json
     if args.approve_all:
         approval = "approve_all"
@@ -315,9 +367,13 @@ async def _run(args: argparse.Namespace) -> int:
             "(use --approve-all to allow them)",
             file=sys.stderr,
         )
-    session: LocalSession | RemoteSession = (
-        RemoteSession(args, approval) if args.server else LocalSession(args, approval)
-    )
+    session: LocalSession | RemoteSession
+    if getattr(args, "run_id", None):
+        session = FollowSession(args)
+    elif args.server:
+        session = RemoteSession(args, approval)
+    else:
+        session = LocalSession(args, approval)
     renderer = Renderer(sys.stdout, color=sys.stdout.isatty() and not args.json)
     prompts: list[asyncio.Task[None]] = []
     turn = asyncio.Lock()
@@ -339,6 +395,60 @@ async def _run(args: argparse.Namespace) -> int:
         for task in prompts:
             task.cancel()
     return status
+
+
+async def _start_background(args: argparse.Namespace) -> int:
+    if not args.server:
+        raise SystemExit("llm-do: --background needs --server URL (the run lives on the server)")
+    body: dict[str, Any] = {"input": _input(args.input), "background": True}
+    if args.model_override:
+        body["model"] = args.model_override
+    if args.approve_all or args.deny_all:
+        body["approval"] = "approve_all" if args.approve_all else "deny_all"
+    async with _client() as client:
+        resp = await client.post(f"{args.server.rstrip('/')}/workers/{args.name}/run", json=body)
+    if resp.status_code != 202:
+        raise _http_error(resp)
+    run_id = resp.json()["run_id"]
+    print(run_id)
+    print(f"follow it with: llm-do follow {run_id} --server {args.server}", file=sys.stderr)
+    return 0
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    args.json = getattr(args, "json", False)
+    args.approve_all = args.deny_all = args.background = False
+    args.name = args.input = args.model_override = None
+    return cmd_run(args)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    import httpx
+
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.worker:
+        params["worker"] = args.worker
+    if args.status:
+        params["status"] = args.status
+    resp = httpx.get(f"{args.server.rstrip('/')}/runs", params=params, timeout=30)
+    if resp.status_code != 200:
+        raise _http_error(resp)
+    for run in resp.json()["runs"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["created_at"]))
+        text = run["output"] if run["output"] is not None else (run["error"] or {}).get("message")
+        shown = _clip(text if isinstance(text, str) else json.dumps(text), 60) if text else ""
+        print(f"{run['run_id']}  {when}  {run['status']:<16} {run['worker']:<18} {shown}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    import httpx
+
+    resp = httpx.post(f"{args.server.rstrip('/')}/runs/{args.run_id}/cancel", timeout=60)
+    if resp.status_code != 200:
+        raise _http_error(resp)
+    print(resp.json()["status"])
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -375,19 +485,50 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", dest="workers_dir", help="workers folder, in-process only")
     run.add_argument("--model", dest="model_override", help="model for workers that name none")
     run.add_argument("--json", action="store_true", help="print raw events, one JSON per line")
+    run.add_argument(
+        "--background", action="store_true", help="start it on the server and print its id"
+    )
     gate = run.add_mutually_exclusive_group()
     gate.add_argument("--approve-all", action="store_true", help="run every gated tool call")
     gate.add_argument("--deny-all", action="store_true", help="deny every gated tool call")
     run.set_defaults(func=cmd_run)
+
+    server = "http://127.0.0.1:8000"
+    follow = sub.add_parser("follow", help="attach to a run's event stream (resumes on drops)")
+    follow.add_argument("run_id")
+    follow.add_argument("--after", type=int, default=0, help="start after this event id")
+    follow.add_argument("--server", default=server, help=f"server URL (default {server})")
+    follow.add_argument("--json", action="store_true", help="print raw events")
+    follow.set_defaults(func=cmd_follow)
+
+    runs = sub.add_parser("runs", help="list recent runs")
+    runs.add_argument("--worker")
+    runs.add_argument("--status")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--server", default=server, help=f"server URL (default {server})")
+    runs.set_defaults(func=cmd_runs)
+
+    cancel = sub.add_parser("cancel", help="cancel a run and its nested workers")
+    cancel.add_argument("run_id")
+    cancel.add_argument("--server", default=server, help=f"server URL (default {server})")
+    cancel.set_defaults(func=cmd_cancel)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    import pydantic_ai
-
-    pydantic_ai.BANNER_ENABLED = False  # our own output is the interface
+    os.environ.setdefault("PYDANTIC_AI_NO_BANNER", "1")  # our own output is the interface
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except OSError as exc:  # httpx's connect errors and friends
+        raise SystemExit(f"llm-do: {exc}") from None
+    except Exception as exc:
+        import httpx
+
+        if isinstance(exc, httpx.TransportError):
+            server = getattr(args, "server", None)
+            raise SystemExit(f"llm-do: cannot reach the server {server}: {exc}") from None
+        raise
 
 
 if __name__ == "__main__":

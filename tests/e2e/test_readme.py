@@ -67,5 +67,7 @@ def test_readme_block_works_as_written(index: int, project: Path, readme_service
     assert '"error":{' not in output, f"README block {index} printed an error:\n{output}"
     if "text/event-stream" in script:
         assert "event: run.completed" in output, output
-    if '"status":' in output:
+    if "/cancel" in script:
+        assert '"status":"cancelled"' in output, output
+    elif '"status":' in output:
         assert '"status":"succeeded"' in output, output
