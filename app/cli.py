@@ -45,13 +45,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Interrupt live runs before uvicorn and sse-starlette close the streams, so a
+            # run ends `interrupted`, not `cancelled` as if its client had left.
+            manager = getattr(app.state, "runs", None)
+            if manager is not None:
+                manager.begin_shutdown_threadsafe()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
+    Server(config).run()
     return 0
 
 

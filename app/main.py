@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "" if settings.model else " (offline; set LLM_DO_MODEL for a real provider)",
         )
         await manager.recover()
+        app.state.runs = manager  # for the server's signal handler (see cli.serve)
         janitor = asyncio.create_task(_retention(store, settings), name="llm-do-retention")
         try:
             yield {"settings": settings, "runs": manager}

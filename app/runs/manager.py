@@ -107,14 +107,28 @@ class RunManager:
         self.models = models or ModelResolver()
         self.default_approval = default_approval
         self._live: dict[str, RunHandle] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stopping = False
         self._recent: OrderedDict[str, RunHandle] = OrderedDict()
         self._keep_finished = keep_finished
 
     # ---- lifecycle ------------------------------------------------------------------
 
+    def begin_shutdown_threadsafe(self, reason: str = "the service is shutting down") -> None:
+        """From a signal handler: end every live run as `interrupted` before the server
+        starts closing connections (a closed stream must not look like a client leaving)."""
+        self.stopping = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._interrupt_all, reason)
+
+    def _interrupt_all(self, reason: str) -> None:
+        for handle in list(self._live.values()):
+            handle.run.cancel(reason, interrupted=True)
+
     async def recover(self) -> list[str]:
         """At start-up: runs the store still thinks are going were cut off by a stop or a
         crash. Each ends `interrupted`, with a terminal `run.failed` event after its last."""
+        self._loop = asyncio.get_running_loop()
         ids = []
         for record in await self.store.unfinished():
             seq = record.last_seq + 1
@@ -143,9 +157,9 @@ class RunManager:
 
     async def shutdown(self, reason: str = "the service is shutting down") -> None:
         """End every live run as `interrupted` and wait until each is recorded."""
+        self.stopping = True
         handles = list(self._live.values())
-        for handle in handles:
-            handle.run.cancel(reason, interrupted=True)
+        self._interrupt_all(reason)
         tasks = [h.task for h in handles if h.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)

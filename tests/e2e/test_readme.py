@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from e2e_support import ROOT, run_service
 
 BLOCK = re.compile(r"```sh\n(.*?)```", re.S)

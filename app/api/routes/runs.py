@@ -152,7 +152,7 @@ async def run_worker(name: str, request: Request, runs: RunsDep, settings: Setti
         )
 
     def client_left() -> None:
-        if body.on_disconnect == "cancel":
+        if body.on_disconnect == "cancel" and not runs.stopping:
             handle.run.cancel("the client disconnected")
 
     if "text/event-stream" in request.headers.get("accept", ""):
