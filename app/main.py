@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api import errors
-from app.api.routes import approvals, health, runs, workers
+from app.api.routes import approvals, health, runs, web, workers
 from app.runs import RunManager, RunStore, open_store
 from app.runtime import ModelResolver, RuntimeConfig, WorkerRegistry
 from app.settings import Settings
@@ -75,4 +75,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(workers.router)
     app.include_router(runs.router)
     app.include_router(approvals.router)
+    app.include_router(web.router)
+    app.mount("/static", web.static_files(), name="static")
     return app
