@@ -63,6 +63,10 @@ function pretty(value) {
   return JSON.stringify(value, null, 2);
 }
 
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
 function ago(seconds) {
   const d = Date.now() / 1000 - seconds;
   if (d < 60) return `${Math.max(0, Math.round(d))} s ago`;
@@ -109,9 +113,10 @@ async function loadWorkers() {
     list.replaceChildren();
     for (const w of data.workers) {
       workers.set(w.name, w);
-      const button = el("button", { type: "button", class: "item", "data-worker": w.name },
+      const sub = w.error ? `invalid: ${w.error.message}` : (w.description || "");
+      const button = el("button", { type: "button", class: "item", "data-worker": w.name, title: sub },
         el("span", { class: "item-title", text: w.name }),
-        el("span", { class: "item-sub", text: w.error ? `invalid: ${w.error.message}` : (w.description || "") }),
+        el("span", { class: "item-sub", text: sub }),
       );
       if (w.error) button.classList.add("invalid");
       button.addEventListener("click", () => { location.hash = `worker=${encodeURIComponent(w.name)}`; });
@@ -132,7 +137,7 @@ async function loadHistory() {
       const button = el("button", { type: "button", class: "item", "data-run": r.run_id },
         el("span", { class: "item-title" },
           el("span", { text: r.worker }), " ",
-          el("span", { class: `badge ${r.status}`, text: r.status })),
+          el("span", { class: `badge ${r.status}`, text: r.status.replace("_", " ") })),
         el("span", { class: "item-sub", text: `${ago(r.created_at)} · ${r.run_id.slice(0, 8)}` }),
       );
       button.addEventListener("click", () => { location.hash = `run=${r.run_id}`; });
@@ -260,7 +265,8 @@ class RunView {
     $("final").hidden = true;
     $("output").textContent = "";
     $("output").classList.remove("error-text");
-    this.meta = { id: `run ${runId}`, model: "", time: "", usage: "" };
+    this.meta = { id: `run ${runId.slice(0, 8)}`, model: "", time: "", usage: "" };
+    $("run-meta").title = `run ${runId}`;
     this.renderMeta();
     $("run-worker").textContent = "…";
     this.setStatus("connecting");
@@ -412,6 +418,7 @@ class RunView {
 
   on_approval_requested(ev) {
     this.setStatus("waiting_approval");
+    this.setNodeStatus(ev.call_id, "waiting_approval");
     const tool = this.toolEls.get(`${ev.call_id}/${ev.tool_call_id}`);
     if (tool) {
       const outcome = tool.querySelector(".tool-outcome");
@@ -448,9 +455,12 @@ class RunView {
     card.querySelector(".act-run").addEventListener("click", () => decide("approve_for_run"));
     card.querySelector(".act-deny").addEventListener("click", () => decide("deny"));
     reason.addEventListener("keydown", (e) => { if (e.key === "Enter") decide("deny"); });
+    card.dataset.callId = ev.call_id;
     this.cards.set(ev.approval_id, card);
     $("approvals").append(card);
+    card.scrollIntoView({ block: "nearest" });
     card.querySelector(".act-approve").focus({ preventScroll: true });
+    loadHistory();
   }
 
   async decide(card, approvalId, decision, reason) {
@@ -477,7 +487,21 @@ class RunView {
     card.classList.add("resolved", ev.decision.startsWith("approve") ? "approved" : "denied");
     for (const b of card.querySelectorAll("button, input")) b.disabled = true;
     this.cards.delete(ev.approval_id);
-    if (!this.ended && this.cards.size === 0) this.setStatus("running");
+    const waiting = [...this.cards.values()].some((c) => c.dataset.callId === ev.call_id);
+    if (!waiting) this.setNodeStatus(ev.call_id, "running");
+    if (!this.ended && this.cards.size === 0) {
+      this.setStatus("running");
+      loadHistory();
+    }
+  }
+
+  setNodeStatus(callId, status) {
+    const info = this.nodes.get(callId);
+    if (!info) return;
+    const badge = info.el.querySelector(".node-status");
+    if (!badge.classList.contains("running") && !badge.classList.contains("waiting_approval")) return;
+    badge.textContent = status.replace("_", " ");
+    badge.className = `node-status badge ${status}`;
   }
 
   on_worker_finished(ev) {
@@ -501,7 +525,7 @@ class RunView {
     $("cancel-btn").hidden = true;
     if (ev.usage) {
       const u = ev.usage;
-      this.meta.usage = `${u.requests} requests · ${u.input_tokens} in / ${u.output_tokens} out tokens · ${u.tool_calls} tool calls`;
+      this.meta.usage = `${plural(u.requests, "request")} · ${u.input_tokens} in / ${u.output_tokens} out tokens · ${plural(u.tool_calls, "tool call")}`;
       this.renderMeta();
     }
     for (const card of this.cards.values()) card.classList.add("resolved");
@@ -551,6 +575,7 @@ function openRun(runId) {
   }
   current = new RunView(runId);
   current.attach();
+  $("run").scrollIntoView({ block: "start", behavior: "smooth" });
 }
 
 // ---- routing (#worker=NAME, #run=ID) ------------------------------------------------------
