@@ -11,10 +11,12 @@ until it and the final record are durable: a run counts as ended only then.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from app.runtime import (
@@ -43,6 +45,20 @@ from .wire import encode, frame
 log = logging.getLogger("llm_do.runs")
 
 REPLAY_PAGE = 500
+
+
+_TERMINAL_STATUS = {"run.completed": "succeeded", "run.cancelled": "cancelled"}
+
+
+def _finish_from_terminal(record: RunRecord, seq: int, type_: str, data: bytes) -> None:
+    body = json.loads(data)
+    status = _TERMINAL_STATUS.get(type_, "failed")
+    if type_ == "run.failed" and body.get("error", {}).get("type") == "interrupted":
+        status = "interrupted"
+    record.status = status  # type: ignore[assignment]
+    record.output, record.error = body.get("output"), body.get("error")
+    record.usage, record.last_seq = body.get("usage"), seq
+    record.finished_at = record.finished_at or time.time()
 
 
 class RunHandle:
@@ -131,6 +147,12 @@ class RunManager:
         self._loop = asyncio.get_running_loop()
         ids = []
         for record in await self.store.unfinished():
+            last = await self.store.events(record.run_id, max(record.last_seq - 1, 0), 1)
+            if last and last[0][1] in TERMINAL_TYPES:
+                # The terminal event was stored but the final record was not: finish it.
+                _finish_from_terminal(record, last[0][0], last[0][1], last[0][2])
+                self.store.update(record)
+                continue
             seq = record.last_seq + 1
             error = {
                 "type": "interrupted",
@@ -199,8 +221,8 @@ class RunManager:
         record.run_id = run.run_id
         record.model = run.model
         record.input = input
-        await self.store.create(record)
         record.started_at = time.time()
+        await self.store.create(record)
         self._live[run.run_id] = handle
         handle.task = asyncio.create_task(self._drive(handle), name=f"run-{run.run_id}")
         return handle
@@ -212,22 +234,23 @@ class RunManager:
             result = await handle.run.execute()
             return result
         finally:
+            # The record says "ended" only once its end is durable: build the final state
+            # aside, store it, then show it.
+            final = replace(record, finished_at=time.time(), last_seq=handle.run.state.sink.seq)
             if result is None:  # cancelled from outside, not by us: the process is going away
-                record.status = "interrupted"
+                final.status = "interrupted"
             else:
-                record.status = result.status
-                record.output, record.error, record.usage = (
-                    result.output,
-                    result.error,
-                    result.usage,
-                )
-            record.finished_at = time.time()
-            record.last_seq = handle.run.state.sink.seq
-            self.store.update(record)
+                final.status, final.output = result.status, result.output
+                final.error, final.usage = result.error, result.usage
+            self.store.update(final)
+            cancelled = False
             try:
-                await self.store.flush()
+                await asyncio.shield(self.store.flush())
+            except asyncio.CancelledError:
+                cancelled = True  # still close the log below, then let it propagate
             except Exception:
                 log.exception("could not persist the end of run %s", handle.run_id)
+            handle.record = record = final
             if handle._terminal is not None:
                 handle.log.append(handle._terminal)
             handle.log.close()
@@ -237,6 +260,8 @@ class RunManager:
             while len(self._recent) > self._keep_finished:
                 self._recent.popitem(last=False)
             log.info("run %s %s %s", handle.run_id, record.worker, record.status)
+            if cancelled:
+                raise asyncio.CancelledError
 
     def live(self, run_id: str) -> RunHandle | None:
         return self._live.get(run_id) or self._recent.get(run_id)
@@ -249,6 +274,8 @@ class RunManager:
         handle = self.live(run_id)
         if handle is not None:
             pending = [p.public() for p in handle.run.state.gate.pending]
+            if not handle.record.ended:
+                handle.record.last_seq = handle.run.state.sink.seq
             return handle.record.public(pending)
         record = await self.store.get(run_id)
         if record is None:

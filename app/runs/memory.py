@@ -52,7 +52,12 @@ class MemoryRunStore:
         return rows[after : after + limit]
 
     async def unfinished(self) -> list[RunRecord]:
-        return [replace(r) for r in self._runs.values() if r.status not in ENDED]
+        out = []
+        for record in self._runs.values():
+            if record.status not in ENDED:
+                events = self._events.get(record.run_id)
+                out.append(replace(record, last_seq=events[-1][0] if events else 0))
+        return out
 
     async def prune(self, *, max_age_s: float | None, max_runs: int | None) -> int:
         ended = sorted(

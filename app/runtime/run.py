@@ -189,6 +189,7 @@ class WorkerRun:
         self._task: asyncio.Task[Any] | None = None
         self._cancel_reason: str | None = None
         self._interrupted = False
+        self._ended = False
 
     @property
     def model(self) -> str:
@@ -206,7 +207,7 @@ class WorkerRun:
     def cancel(self, reason: str = "cancelled", *, interrupted: bool = False) -> bool:
         """Ask the run to end as cancelled (or, when the process is stopping, as
         interrupted); False when it is not running."""
-        if self._task is None or self._task.done() or self._cancel_reason is not None:
+        if self._task is None or self._ended or self._cancel_reason is not None:
             return False
         self._cancel_reason = reason
         self._interrupted = interrupted
@@ -214,6 +215,13 @@ class WorkerRun:
         return True
 
     async def execute(self) -> RunResult:
+        """Run to the end; the terminal event has been emitted when this returns."""
+        try:
+            return await self._execute()
+        finally:
+            self._ended = True  # from here on, a cancel would hit whoever awaited us
+
+    async def _execute(self) -> RunResult:
         state = self.state
         emit = state.sink.emit
         self._task = asyncio.current_task()

@@ -30,6 +30,7 @@ from app.runtime import ApprovalMode, Attachment
 
 router = APIRouter(tags=["runs"])
 
+MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
 RETRY_HINT = b"retry: 1000\n\n"  # EventSource reconnects after 1 s, with Last-Event-ID
 
 
@@ -197,13 +198,13 @@ async def run_events(
     request: Request,
     runs: RunsDep,
     settings: SettingsDep,
-    after: int | None = Query(None, ge=0, description="Replay events after this seq"),
+    after: int | None = Query(None, ge=0, le=MAX_SEQ, description="Replay events after this seq"),
 ) -> Any:
     """The run's events from the start (or after `Last-Event-ID` / `?after=N`), then live
     until its terminal event. Following never cancels the run."""
     last = request.headers.get("last-event-id", "").strip()
     if last:
-        if not last.isdigit():
+        if not (last.isascii() and last.isdigit()) or int(last) > MAX_SEQ:
             raise InvalidRequest(f"Last-Event-ID must be an event id (a number), not {last!r}")
         after = int(last)
     chunks = await runs.follow(run_id, after or 0)
