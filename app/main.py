@@ -43,9 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry,
             store=store,
             config=RuntimeConfig(
-                default_model=settings.default_model, max_depth=settings.max_depth
+                default_model=settings.default_model,
+                max_depth=settings.max_depth,
+                approval_timeout_s=settings.approval_timeout_s,
             ),
             models=ModelResolver(),
+            default_approval=settings.approval,
         )
         log.info(
             "llm-do: workers from %s, default model %r%s",

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import ValidationError
 from pydantic_ai import RunContext, WrapperToolset
 from pydantic_ai.tools import ToolDenied
 
@@ -72,6 +73,7 @@ class PendingApproval:
     created_at: float
     expires_at: float
     future: asyncio.Future[Decision] = field(repr=False)
+    validate: Callable[[dict[str, Any]], dict[str, Any]] | None = field(default=None, repr=False)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -119,9 +121,16 @@ class ApprovalGate:
         return list(self._pending.values())
 
     async def check(
-        self, inv: Invocation, tool_call_id: str, tool: str, args: dict[str, Any], gating: Gating
+        self,
+        inv: Invocation,
+        tool_call_id: str,
+        tool: str,
+        args: dict[str, Any],
+        gating: Gating,
+        validate: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> Decision:
-        """Wait for (or derive) the decision on one gated call."""
+        """Wait for (or derive) the decision on one gated call. `validate` checks edited args
+        against the tool's schema when the decision arrives (so a bad edit is a 422 there)."""
         if self.mode == "approve_all":
             return Decision(True, "approve_all")
         if self.mode == "deny_all":
@@ -142,6 +151,7 @@ class ApprovalGate:
             created_at=now,
             expires_at=now + self.timeout_s,
             future=asyncio.get_running_loop().create_future(),
+            validate=validate,
         )
         self._pending[item.approval_id] = item
         base = {
@@ -196,15 +206,32 @@ class ApprovalGate:
                 False, "deny", reason=reason or "denied by the user (no reason given)"
             )
         elif kind in ("approve", "approve_for_run"):
-            if args is not None and not isinstance(args, dict):
-                raise InvalidInput("Edited 'args' must be an object of the tool's arguments")
+            if args is not None:
+                args = self._validated(item, args)
             decision = Decision(True, kind, args=args, reason=reason)
-            if kind == "approve_for_run":
-                self._remembered.add(_key(item.tool, item.args))
         else:
             raise InvalidInput(f"Unknown decision {kind!r}: use approve, approve_for_run or deny")
         self._resolve(item, decision)
+        if kind == "approve_for_run":
+            key = _key(item.tool, item.args)
+            self._remembered.add(key)
+            for twin in [p for p in self._pending.values() if _key(p.tool, p.args) == key]:
+                self._resolve(twin, Decision(True, "approve_for_run"))
         return decision
+
+    @staticmethod
+    def _validated(item: PendingApproval, args: Any) -> dict[str, Any]:
+        if not isinstance(args, dict):
+            raise InvalidInput("Edited 'args' must be an object of the tool's arguments")
+        if item.validate is None:
+            return args
+        try:
+            return item.validate(args)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'args'}: {e['msg']}" for e in exc.errors()
+            )
+            raise InvalidInput(f"Edited args do not fit tool {item.tool!r}: {problems}") from None
 
     def _resolve(self, item: PendingApproval, decision: Decision) -> None:
         self._pending.pop(item.approval_id, None)
@@ -244,10 +271,15 @@ class ApprovalGated(WrapperToolset["Invocation"]):
         gating = self.rule(inv, name, tool_args)
         if gating is not None:
             decision = await inv.state.gate.check(
-                inv, ctx.tool_call_id or "", name, tool_args, gating
+                inv,
+                ctx.tool_call_id or "",
+                name,
+                tool_args,
+                gating,
+                validate=tool.args_validator.validate_python,
             )
             if not decision.approved:
                 return ToolDenied(f"Tool call denied. Reason: {decision.reason}")
             if decision.args is not None:
-                tool_args = tool.args_validator.validate_python(decision.args)
+                tool_args = decision.args  # validated by the gate when the decision arrived
         return await super().call_tool(name, tool_args, ctx, tool)

@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -146,16 +147,17 @@ class WorkerSpec(_Strict):
     def _legacy(cls, data: Any) -> Any:
         return _legacy_shell(dict(data)) if isinstance(data, dict) else data
 
-    @model_validator(mode="after")
-    def _approvals_name_tools(self) -> WorkerSpec:
-        known = set(BUILTIN_TOOLS) | set(self.custom_tools)
-        for name in self.require_approval:
+    @field_validator("require_approval")
+    @classmethod
+    def _approvals_name_tools(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        known = set(BUILTIN_TOOLS) | set(info.data.get("custom_tools") or [])
+        for name in value:
             if name not in known:
                 raise ValueError(
-                    f"require_approval names {name!r}, which is not a tool of this worker "
+                    f"names {name!r}, which is not a tool of this worker "
                     f"(custom_tools or one of {', '.join(BUILTIN_TOOLS)})"
                 )
-        return self
+        return value
 
     @field_validator("name")
     @classmethod
@@ -197,6 +199,13 @@ def split_front_matter(text: str, *, path: str) -> tuple[dict[str, Any], str]:
 
 
 def parse_spec(data: dict[str, Any], *, path: str, expected_name: str) -> WorkerSpec:
+    legacy = [k for k in ("shell_rules", "shell_default", "shell_cwd") if k in data]
+    if "shell" in data and legacy:
+        raise InvalidWorker(
+            f"{path}: field 'shell': use either 'shell' or {legacy}, not both",
+            path=path,
+            field="shell",
+        )
     try:
         spec = WorkerSpec.model_validate(data)
     except ValidationError as exc:

@@ -22,10 +22,9 @@ from . import sandbox
 from .approvals import Gating
 from .attachments import check_policy
 from .context import Invocation
-from .definitions import is_valid_name, parse_spec
+from .definitions import is_valid_name
 from .errors import DelegationError, InvalidWorker, LlmDoError, SandboxViolation, WorkerNotFound
-from .registry import Worker, WorkerRegistry
-from .schemas import check_schema
+from .registry import Worker, WorkerRegistry, parse_worker_text
 
 
 def allowed(inv: Invocation, name: str) -> bool:
@@ -184,11 +183,15 @@ def _check_new_worker(registry: WorkerRegistry, args: dict[str, Any]) -> str:
         args.get("model"),
         args.get("output_schema"),
     )
+    source = f"workers/generated/{name}.worker"
     try:
-        spec = parse_spec(yaml.safe_load(text.split("---\n")[1]), path=name, expected_name=name)
-        check_schema(spec.output_schema, field="output_schema", source=name)
+        spec, _, _, _ = parse_worker_text(
+            text, name=name, folder=registry.workers_dir / "generated", source=source
+        )
     except InvalidWorker as exc:
         raise ToolFailed(f"The new worker would be invalid: {exc.message}") from None
+    if spec.description != str(args.get("description") or ""):
+        raise ToolFailed("The description does not survive the file format; use one plain line")
     return text
 
 

@@ -31,8 +31,11 @@ def resolve_inside(root: Path, relative: str, *, label: str | None = None) -> Pa
         raise SandboxViolation(f"Path {shown!r} is absolute; give a path relative to its folder")
     if ".." in pure.parts:
         raise SandboxViolation(f"Path {shown!r} contains '..'; paths may not leave their folder")
-    real_root = root.resolve()
-    candidate = (real_root / pure).resolve()
+    try:
+        real_root = root.resolve()
+        candidate = (real_root / pure).resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError on 3.11)
+        raise SandboxViolation(f"Path {shown!r} cannot be resolved: {exc}") from None
     if candidate != real_root and not candidate.is_relative_to(real_root):
         raise SandboxViolation(f"Path {shown!r} leads outside its folder (through a symlink)")
     return candidate

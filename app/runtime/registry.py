@@ -60,6 +60,19 @@ def _fingerprint(paths: list[Path]) -> Fingerprint:
     return tuple(out)
 
 
+def parse_worker_text(
+    text: str, *, name: str, folder: Path, source: str
+) -> tuple[WorkerSpec, str, str, list[Path]]:
+    """Validate a worker file's text: (spec, body, rendered instructions, files read).
+    Raises InvalidWorker naming `source` and the field at fault."""
+    data, body = split_front_matter(text, path=source)
+    spec = parse_spec(data, path=source, expected_name=name)
+    check_schema(spec.input_schema, field="input_schema", source=source)
+    check_schema(spec.output_schema, field="output_schema", source=source)
+    instructions, used = render_instructions(body, folder=folder, source=source)
+    return spec, body, instructions, used
+
+
 class WorkerRegistry:
     def __init__(self, workers_dir: Path | str, *, project_root: Path | str | None = None):
         self.workers_dir = Path(workers_dir).resolve()
@@ -125,11 +138,9 @@ class WorkerRegistry:
         )
         try:
             text = path.read_text(encoding="utf-8")
-            data, body = split_front_matter(text, path=source)
-            spec = parse_spec(data, path=source, expected_name=name)
-            check_schema(spec.input_schema, field="input_schema", source=source)
-            check_schema(spec.output_schema, field="output_schema", source=source)
-            instructions, used = render_instructions(body, folder=path.parent, source=source)
+            spec, body, instructions, used = parse_worker_text(
+                text, name=name, folder=path.parent, source=source
+            )
             if spec.custom_tools and tools_py is None:
                 raise InvalidWorker(
                     f"{source}: field 'custom_tools' needs the directory form "

@@ -114,6 +114,8 @@ async def list_files(
     try:
         if "\x00" in pattern or ".." in pattern.split("/") or pattern.startswith("/"):
             raise SandboxViolation(f"Pattern {pattern!r} must be relative and without '..'")
+        if pattern in ("", "."):
+            raise SandboxViolation(f"Pattern {pattern!r} matches nothing; try '*' or '**/*'")
         if path in (".", "", "/"):
             targets = [(n, sandbox_root(c, project_root), n) for n, c in sorted(paths.items())]
         else:
@@ -139,7 +141,7 @@ async def list_files(
             for p in folder.glob(pattern):
                 try:
                     real = p.resolve()
-                except OSError:
+                except (OSError, RuntimeError):  # RuntimeError: a symlink loop on 3.11
                     continue
                 if not p.is_file() or not real.is_relative_to(real_root):
                     continue
@@ -150,7 +152,12 @@ async def list_files(
                     return sorted(found)
         return sorted(found)
 
-    return await asyncio.to_thread(walk)
+    try:
+        return await asyncio.to_thread(walk)
+    except (ValueError, IndexError) as exc:  # Path.glob's verdict on a malformed pattern
+        raise ToolFailed(
+            f"Pattern {pattern!r} is not a usable glob pattern ({exc}); try '*.md' or '**/*'"
+        ) from None
 
 
 async def read_file(

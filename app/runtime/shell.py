@@ -9,7 +9,10 @@ command's leading words decides; no match falls to `default` (not allowed unless
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shlex
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,19 @@ def match(config: ShellConfig, argv: list[str]) -> ShellRule:
         if words and argv[: len(words)] == words:
             return rule
     return config.default
+
+
+# Commands see only these variables: never the service's provider keys or its API token.
+PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "TERM")
+
+
+def _environment() -> dict[str, str]:
+    return {k: v for k in PASSED_ENV if (v := os.environ.get(k)) is not None}
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _cwd(inv: Invocation) -> Path:
@@ -111,9 +127,11 @@ async def shell(ctx: RunContext[Invocation], command: str, timeout_s: float = 30
         proc = await asyncio.create_subprocess_exec(
             *argv,
             cwd=_cwd(inv),
+            env=_environment(),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group, so a timeout kills it all
         )
     except FileNotFoundError:
         raise ToolFailed(f"Command not found: {argv[0]!r}") from None
@@ -127,13 +145,13 @@ async def shell(ctx: RunContext[Invocation], command: str, timeout_s: float = 30
             )
             code = await proc.wait()
     except TimeoutError:
-        proc.kill()
+        _kill_group(proc)
         await proc.wait()
         raise ToolFailed(
             f"Command {command!r} timed out after {timeout:g} s and was killed"
         ) from None
     except asyncio.CancelledError:
-        proc.kill()
+        _kill_group(proc)
         await asyncio.shield(proc.wait())
         raise
     return {
