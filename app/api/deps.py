@@ -1,4 +1,7 @@
-"""Shared objects reach routes through the lifespan state, typed here once."""
+"""Shared objects reach routes through the lifespan state, typed here once.
+
+The dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in
+the thread pool, a thread hop per request for a dictionary lookup."""
 
 from __future__ import annotations
 
@@ -11,15 +14,15 @@ from app.runtime import WorkerRegistry
 from app.settings import Settings
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.state.settings
 
 
-def _runs(request: Request) -> RunManager:
+async def _runs(request: Request) -> RunManager:
     return request.state.runs
 
 
-def _registry(request: Request) -> WorkerRegistry:
+async def _registry(request: Request) -> WorkerRegistry:
     return request.state.runs.registry
 
 

@@ -197,9 +197,12 @@ class RunManager:
         model: str | None = None,
         attachments: list[Attachment] | None = None,
         approval: ApprovalMode | None = None,
+        stream_tokens: bool = True,
     ) -> RunHandle:
         """Start a run; raises the runtime's typed errors (unknown worker, bad input, ...)
-        before anything is recorded. The record is durable when this returns."""
+        before anything is recorded. The record is durable when this returns.
+        `stream_tokens=False` asks models for whole responses: cheaper, for a client that
+        only wants the result (followers then see one text.delta per response)."""
         mode = approval or self.default_approval
         record = RunRecord(
             run_id="", worker=name, status="running", created_at=time.time(), approval=mode
@@ -216,6 +219,7 @@ class RunManager:
             config=self.config,
             models=self.models,
             on_approvals_changed=handle.approvals_changed,
+            stream_tokens=stream_tokens,
         )
         run.prepare()
         record.run_id = run.run_id
@@ -285,12 +289,17 @@ class RunManager:
     async def list(
         self, *, worker: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:
-        records = await self.store.list(worker=worker, status=status, limit=limit)
-        out = []
-        for record in records:
-            handle = self._live.get(record.run_id)
-            out.append(handle.record.public() if handle else record.public())
-        return out
+        """Newest first. Live runs are shown as they are now (the store's copy of a live
+        record can lag by a few milliseconds)."""
+
+        def wanted(r: RunRecord) -> bool:
+            return (worker is None or r.worker == worker) and (status is None or r.status == status)
+
+        stored = await self.store.list(worker=worker, status=status, limit=limit)
+        records = {r.run_id: r for r in stored if r.run_id not in self._live}
+        records |= {h.run_id: h.record for h in self._live.values() if wanted(h.record)}
+        newest = sorted(records.values(), key=lambda r: r.created_at, reverse=True)
+        return [r.public() for r in newest[:limit]]
 
     async def follow(self, run_id: str, after: int = 0) -> AsyncIterator[bytes]:
         """The run's SSE frames with seq > after: live until its terminal event, or

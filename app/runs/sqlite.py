@@ -61,7 +61,8 @@ _COLUMNS = (
     "run_id, worker, status, created_at, started_at, finished_at, model, approval, "
     "input, output, error, usage, last_seq"
 )
-_STOP = object()
+_STOP = ("stop",)
+LINGER_S = 0.01  # the longest an event waits in memory before its commit starts
 
 
 def _dump(value: Any) -> str | None:
@@ -124,6 +125,7 @@ class SqliteRunStore:
         self._writer: threading.Thread | None = None
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="llm-do-sqlite-read")
         self._local = threading.local()
+        self._urgent = threading.Event()
         self._reader_conns: list[sqlite3.Connection] = []
         self._error: BaseException | None = None
 
@@ -145,6 +147,7 @@ class SqliteRunStore:
         if self._writer is None:
             return
         self._queue.put(_STOP)
+        self._urgent.set()
         await asyncio.to_thread(self._writer.join)
         self._writer = None
         self._readers.shutdown(wait=True)
@@ -172,6 +175,7 @@ class SqliteRunStore:
             loop.call_soon_threadsafe(_settle, done)
 
         self._queue.put(("flush", wake))
+        self._urgent.set()
         await done
         if self._error is not None:
             raise RuntimeError(f"the run store failed: {self._error}") from self._error
@@ -182,6 +186,12 @@ class SqliteRunStore:
         try:
             while not stop:
                 batch = [self._queue.get()]
+                # Group commit: a token stream arrives a row at a time, and a commit per row
+                # would cost more than the rows. Wait a little for company, unless someone
+                # is waiting for durability (flush, create, close).
+                if batch[0][0] in ("event", "run"):
+                    self._urgent.wait(LINGER_S)
+                self._urgent.clear()
                 while len(batch) < 5000:
                     try:
                         batch.append(self._queue.get_nowait())
@@ -191,6 +201,7 @@ class SqliteRunStore:
                 for op in batch:
                     if op is _STOP:
                         stop = True
+                        continue
                     elif op[0] == "event":
                         events.append(op[1])
                     elif op[0] == "run":

@@ -31,6 +31,7 @@ class RunState:
     config: RuntimeConfig
     gate: ApprovalGate
     request_model: str | None = None
+    stream_tokens: bool = True  # False: whole model responses (cheaper; for blocking runs)
     created: set[tuple[str, str]] = field(default_factory=set)  # (creator, created) this run
 
 

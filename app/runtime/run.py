@@ -35,7 +35,7 @@ from .events import (
 )
 from .models import ModelResolver
 from .registry import Worker, WorkerRegistry
-from .stream import forward
+from .stream import forward, run_whole_responses
 
 RunStatus = Literal["succeeded", "failed", "cancelled", "interrupted"]
 
@@ -101,15 +101,17 @@ async def invoke(
         validate_input(worker, input_data)
         model = state.models.get(model_name)
         agent = build_agent(worker, state.registry)
-        result = await agent.run(
-            _prompt(input_data, files),
-            model=model,
-            deps=inv,
-            usage=usage,
-            usage_limits=usage_limits,
-            event_stream_handler=forward,
-            timeout=worker.spec.timeout_s,
-        )
+        prompt = _prompt(input_data, files)
+        options = {
+            "model": model,
+            "usage": usage,
+            "usage_limits": usage_limits,
+            "timeout": worker.spec.timeout_s,
+        }
+        if state.stream_tokens:
+            result = await agent.run(prompt, deps=inv, event_stream_handler=forward, **options)
+        else:
+            result = await run_whole_responses(agent, prompt, inv, **options)
     except asyncio.CancelledError:
         emit(WorkerFinished(**base, status="cancelled"))
         raise
@@ -163,6 +165,7 @@ class WorkerRun:
         config: RuntimeConfig | None = None,
         models: ModelResolver | None = None,
         on_approvals_changed: Callable[[], None] | None = None,
+        stream_tokens: bool = True,
     ) -> None:
         self.run_id = run_id or new_id()
         self.name = name
@@ -184,6 +187,7 @@ class WorkerRun:
                 on_change=on_approvals_changed,
             ),
             request_model=model,
+            stream_tokens=stream_tokens,
         )
         self.worker: Worker | None = None
         self._task: asyncio.Task[Any] | None = None

@@ -1,13 +1,21 @@
-"""PydanticAI's agent events -> our events, for one worker invocation. This is the hot path:
-every model token passes through `forward`, so it dispatches on exact types and builds
-one small dataclass per event."""
+"""PydanticAI's agent events -> our events, for one worker invocation.
+
+Two ways to run an agent:
+- `forward` is the `event_stream_handler` of a streamed run: every model token passes
+  through it (the hot path), so it dispatches on exact types and builds one small
+  dataclass per event.
+- `run_whole_responses` runs the agent node by node with non-streamed model requests
+  (what a plain `agent.run()` does, and markedly cheaper): each response's text is one
+  `text.delta`, tool calls and results are streamed from the tool nodes as usual. Used
+  for blocking runs, whose client wants only the result.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable
 from typing import Any
 
-from pydantic_ai import RunContext
+from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import (
     AgentStreamEvent,
     FunctionToolCallEvent,
@@ -34,7 +42,11 @@ def _args(part: Any) -> Any:
 
 
 async def forward(ctx: RunContext[Invocation], stream: AsyncIterable[AgentStreamEvent]) -> None:
-    inv = ctx.deps
+    """The `event_stream_handler` of a streamed invocation."""
+    await forward_events(ctx.deps, stream)
+
+
+async def forward_events(inv: Invocation, stream: AsyncIterable[AgentStreamEvent]) -> None:
     emit = inv.state.sink.emit
     run_id, worker, path, call_id = inv.state.run_id, inv.worker_name, inv.path, inv.call_id
     async for ev in stream:
@@ -107,3 +119,40 @@ async def forward(ctx: RunContext[Invocation], stream: AsyncIterable[AgentStream
                     content=content,
                 )
             )
+
+
+async def run_whole_responses(
+    agent: Agent[Invocation, Any], prompt: Any, inv: Invocation, **kwargs: Any
+):
+    """`agent.run(...)` without token streaming, still emitting the run's events."""
+    emit = inv.state.sink.emit
+    run_id, worker, path, call_id = inv.state.run_id, inv.worker_name, inv.path, inv.call_id
+    async with agent.iter(prompt, deps=inv, **kwargs) as run:
+        async for node in run:
+            if Agent.is_call_tools_node(node):
+                for part in node.model_response.parts:
+                    kind = type(part)
+                    if kind is TextPart and part.content:
+                        emit(
+                            TextDelta(
+                                run_id=run_id,
+                                worker=worker,
+                                path=path,
+                                call_id=call_id,
+                                delta=part.content,
+                            )
+                        )
+                    elif kind is ThinkingPart and part.content:
+                        emit(
+                            ThinkingDelta(
+                                run_id=run_id,
+                                worker=worker,
+                                path=path,
+                                call_id=call_id,
+                                delta=part.content,
+                            )
+                        )
+                async with node.stream(run.ctx) as events:
+                    await forward_events(inv, events)
+    assert run.result is not None
+    return run.result

@@ -143,8 +143,15 @@ async def run_worker(name: str, request: Request, runs: RunsDep, settings: Setti
     """Run a worker. With `Accept: text/event-stream` the answer is the run's event stream;
     otherwise the answer is the result, sent when the run ends."""
     body, files = await _parse(request)
+    streaming = "text/event-stream" in request.headers.get("accept", "")
     handle = await runs.start(
-        name, body.input, model=body.model, attachments=files, approval=body.approval
+        name,
+        body.input,
+        model=body.model,
+        attachments=files,
+        approval=body.approval,
+        # A blocking client wants only the result: ask models for whole responses.
+        stream_tokens=streaming or body.background,
     )
     headers = {"X-Run-Id": handle.run_id, "Content-Location": f"/runs/{handle.run_id}"}
     if body.background:
@@ -156,7 +163,7 @@ async def run_worker(name: str, request: Request, runs: RunsDep, settings: Setti
         if body.on_disconnect == "cancel" and not runs.stopping:
             handle.run.cancel("the client disconnected")
 
-    if "text/event-stream" in request.headers.get("accept", ""):
+    if streaming:
         return sse_response(
             handle.log.follow(), ping_s=settings.ping_s, headers=headers, on_disconnect=client_left
         )
