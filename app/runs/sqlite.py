@@ -1,8 +1,9 @@
 """SqliteRunStore: the embedded RunStore (WAL mode), one writer thread, batched writes.
 
 The event loop never touches SQLite. `append`/`update` put a tuple on a queue (no
-await, no lock); the writer thread drains whatever is pending, writes it with one
-`executemany` per table and one commit, then wakes any `flush` waiting for it. Reads
+await, no lock); the writer thread waits a moment for company (group commit), drains
+whatever is pending, writes each run's consecutive events as one row (see `_chunks`)
+and commits once, then wakes any `flush` waiting for it. Reads
 run on a small pool of their own, each thread with its own connection (WAL lets them
 read while the writer writes).
 """
@@ -39,13 +40,14 @@ CREATE TABLE IF NOT EXISTS runs (
     last_seq INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at DESC);
-CREATE TABLE IF NOT EXISTS events (
+CREATE TABLE IF NOT EXISTS event_chunks (
     run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    types TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS event_chunks_by_run ON event_chunks (run_id, first_seq);
 """
 
 _UPSERT = """
@@ -61,8 +63,41 @@ _COLUMNS = (
     "run_id, worker, status, created_at, started_at, finished_at, model, approval, "
     "input, output, error, usage, last_seq"
 )
+_INSERT_CHUNK = "INSERT OR IGNORE INTO event_chunks VALUES (?, ?, ?, ?, ?)"
+
+
+def _chunks(events: list[tuple[str, int, str, bytes]]) -> list[tuple[str, int, int, str, bytes]]:
+    """Consecutive events of one run become one row: (run_id, first, last, types, body).
+
+    A token stream writes a row per batch instead of a row per token, which is what
+    keeps persistence off the streaming budget. `body` is the events' JSON joined by
+    newlines (JSON never holds a raw newline); `types` their types joined by commas.
+    """
+    open_: dict[str, list[Any]] = {}
+    rows: list[tuple[str, int, int, str, bytes]] = []
+
+    def close(run_id: str) -> None:
+        first, last, types, datas = open_.pop(run_id)
+        rows.append((run_id, first, last, ",".join(types), b"\n".join(datas)))
+
+    for run_id, seq, type_, data in events:
+        group = open_.get(run_id)
+        if group is not None and seq != group[1] + 1:
+            close(run_id)
+            group = None
+        if group is None:
+            open_[run_id] = [seq, seq, [type_], [data]]
+        else:
+            group[1] = seq
+            group[2].append(type_)
+            group[3].append(data)
+    for run_id in list(open_):
+        close(run_id)
+    return rows
+
+
 _STOP = ("stop",)
-LINGER_S = 0.01  # the longest an event waits in memory before its commit starts
+LINGER_S = 0.05  # the longest an event waits in memory before its commit starts
 
 
 def _dump(value: Any) -> str | None:
@@ -214,9 +249,7 @@ class SqliteRunStore:
                         if runs:
                             conn.executemany(_UPSERT, runs)
                         if events:
-                            conn.executemany(
-                                "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?)", events
-                            )
+                            conn.executemany(_INSERT_CHUNK, _chunks(events))
                         conn.execute("COMMIT")
                 except sqlite3.Error as exc:  # keep serving; flush() reports it
                     self._error = exc
@@ -262,10 +295,23 @@ class SqliteRunStore:
 
     async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[EventRow]:
         rows = await self._read(
-            "SELECT seq, type, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (run_id, after, limit),
+            "SELECT first_seq, types, body FROM event_chunks "
+            "WHERE run_id = ? AND last_seq > ? ORDER BY first_seq LIMIT ?",
+            (run_id, after, limit),  # every chunk holds at least one event
         )
-        return [(seq, type_, bytes(data)) for seq, type_, data in rows]
+        out: list[EventRow] = []
+        for first, types, body in rows:
+            for seq, type_, data in zip(
+                range(first, first + body.count(b"\n") + 1),
+                types.split(","),
+                bytes(body).split(b"\n"),
+                strict=True,
+            ):
+                if seq > after:
+                    out.append((seq, type_, data))
+                    if len(out) == limit:
+                        return out
+        return out
 
     async def unfinished(self) -> list[RunRecord]:
         marks = ",".join("?" * len(ENDED))
@@ -273,7 +319,8 @@ class SqliteRunStore:
         records = [_record(r) for r in await self._read(sql, tuple(ENDED))]
         for record in records:  # the record's last_seq lags; the events table does not
             rows = await self._read(
-                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?", (record.run_id,)
+                "SELECT COALESCE(MAX(last_seq), 0) FROM event_chunks WHERE run_id = ?",
+                (record.run_id,),
             )
             record.last_seq = rows[0][0]
         return records
@@ -301,7 +348,7 @@ class SqliteRunStore:
                 try:
                     ids = [(d,) for d in doomed]
                     conn.execute("BEGIN")
-                    conn.executemany("DELETE FROM events WHERE run_id = ?", ids)
+                    conn.executemany("DELETE FROM event_chunks WHERE run_id = ?", ids)
                     conn.executemany("DELETE FROM runs WHERE run_id = ?", ids)
                     conn.execute("COMMIT")
                 finally:

@@ -42,7 +42,9 @@ class Crash:
 
 def stored_max_seq(db: Path, run_id: str) -> int:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        row = conn.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()
+        row = conn.execute(
+            "SELECT MAX(last_seq) FROM event_chunks WHERE run_id = ?", (run_id,)
+        ).fetchone()
     return row[0] or 0
 
 

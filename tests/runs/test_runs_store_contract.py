@@ -358,7 +358,9 @@ async def test_sqlite_flush_is_durable_for_another_connection(tmp_path: Path) ->
 
         def raw() -> tuple[int, str]:
             with sqlite3.connect(path) as conn:
-                count = conn.execute("SELECT COUNT(*) FROM events WHERE run_id='r1'").fetchone()
+                count = conn.execute(
+                    "SELECT MAX(last_seq) FROM event_chunks WHERE run_id='r1'"
+                ).fetchone()
                 status = conn.execute("SELECT status FROM runs WHERE run_id='r1'").fetchone()
             return count[0], status[0]
 
