@@ -36,4 +36,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]
 
 # Binding 0.0.0.0 inside the container is intended; publish the port on 127.0.0.1 only.
+# `llm-do serve` refuses a non-loopback address without LLM_DO_API_TOKEN: pass one with
+# `docker run -e LLM_DO_API_TOKEN=...` (docker-compose.yml requires it).
 CMD ["llm-do", "serve", "--host", "0.0.0.0", "--port", "8000", "--workers", "/srv/workers"]

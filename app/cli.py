@@ -37,6 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     settings = _settings(args)
+    settings.check_bind()
     model = settings.default_model
     where = "offline, built in" if settings.model is None else "from LLM_DO_MODEL / --model"
     print(
@@ -61,7 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
+        # runs get shutdown_grace_s; their streams a moment more to send the last event
+        timeout_graceful_shutdown=settings.shutdown_grace_s + 2,
     )
     Server(config).run()
     return 0

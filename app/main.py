@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import errors
-from app.api.routes import approvals, health, runs, web, workers
+from app.api.routes import approvals, auth, health, runs, web, workers
+from app.api.security import Guard
 from app.runs import RunManager, RunStore, open_store
 from app.runtime import ModelResolver, RuntimeConfig, WorkerRegistry
 from app.settings import Settings
@@ -49,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             models=ModelResolver(),
             default_approval=settings.approval,
+            max_runs=settings.max_runs,
+            grace_s=settings.shutdown_grace_s,
         )
         log.info(
             "llm-do: workers from %s, default model %r%s",
@@ -74,10 +78,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    if settings.extra_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=sorted(settings.extra_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["X-Run-Id", "Content-Location"],
+        )
+    app.add_middleware(Guard, settings=settings)
     app.include_router(health.router)
     app.include_router(workers.router)
     app.include_router(runs.router)
     app.include_router(approvals.router)
+    app.include_router(auth.router)
     app.include_router(web.router)
     app.mount("/static", web.static_files(), name="static")
     return app

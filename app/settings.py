@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLM_DO_", extra="ignore")
@@ -43,6 +45,36 @@ class Settings(BaseSettings):
         5, ge=0, description="Seconds open requests get to finish when the server stops"
     )
     log_level: str = Field("info", description="uvicorn log level")
+    api_token: str | None = Field(
+        None,
+        description="Bearer token every route but /healthz requires (required off loopback)",
+    )
+    allowed_hosts: str = Field(
+        "", description="Extra Host names accepted besides loopback ones, comma-separated"
+    )
+    allowed_origins: str = Field(
+        "", description="Extra browser origins allowed to call the API (CORS), comma-separated"
+    )
+    max_body_bytes: int = Field(25_000_000, gt=0, description="Largest request body (413 beyond)")
+    max_runs: int = Field(100, gt=0, description="Most runs at once (429 with Retry-After beyond)")
+
+    @property
+    def extra_hosts(self) -> set[str]:
+        return {h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()}
+
+    @property
+    def extra_origins(self) -> set[str]:
+        return {o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()}
+
+    def check_bind(self) -> None:
+        """Refuse to serve beyond loopback without a token: anyone who can reach the port
+        could run workers, write files and spend provider credits."""
+        if self.host not in LOOPBACK_HOSTS and not self.api_token:
+            raise SystemExit(
+                f"llm-do: refusing to listen on {self.host!r} without an API token. "
+                "Set LLM_DO_API_TOKEN (clients then send 'Authorization: Bearer <token>'), "
+                "or bind 127.0.0.1."
+            )
 
     @property
     def default_model(self) -> str:

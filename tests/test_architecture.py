@@ -78,6 +78,8 @@ def test_runtime_public_surface_is_pinned():
         "RunResult",
         "RuntimeConfig",
         "SandboxViolation",
+        "TooManyRuns",
+        "Unavailable",
         "UsageLimitReached",
         "Worker",
         "WorkerNotFound",

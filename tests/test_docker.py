@@ -304,6 +304,7 @@ def test_compose_passes_provider_keys_without_forcing_empty_values():
     names = compose_env_names(service)
     for var in (
         "LLM_DO_MODEL",
+        "LLM_DO_API_TOKEN",
         "OPENAI_API_KEY",
         "OPENAI_BASE_URL",
         "ANTHROPIC_API_KEY",
@@ -317,6 +318,19 @@ def test_compose_passes_provider_keys_without_forcing_empty_values():
             f"{COMPOSE}: {name}={value} sets {name} to '' when the host leaves it unset; an "
             f"empty OPENAI_BASE_URL breaks the OpenAI client. Pass it by bare name instead"
         )
+
+
+def test_compose_requires_a_token_because_the_container_binds_beyond_loopback():
+    settings_module = import_or_fail("app.settings")
+    host = cmd_serve_args()[cmd_serve_args().index("--host") + 1]
+    with pytest.raises(SystemExit, match="LLM_DO_API_TOKEN"):
+        settings_module.Settings(host=host).check_bind()
+    env = compose_service()["environment"]
+    items = dict(env) if isinstance(env, dict) else dict(i.partition("=")[::2] for i in env)
+    assert re.fullmatch(r"\$\{LLM_DO_API_TOKEN:\?.+\}", items.get("LLM_DO_API_TOKEN", "")), (
+        f"{COMPOSE}: LLM_DO_API_TOKEN must be required (${{LLM_DO_API_TOKEN:?message}}): the "
+        f"service refuses to listen on {host} without it"
+    )
 
 
 def test_compose_restarts_unless_stopped():
@@ -396,7 +410,7 @@ def test_app_serves_healthz(tmp_path):
     routes = app_route_methods(application)
     # The real request decides (a health route may be left out of the OpenAPI schema);
     # the route listing makes the failure message useful.
-    with TestClient(application) as client:
+    with TestClient(application, base_url="http://127.0.0.1") as client:
         response = client.get("/healthz")
     assert response.status_code == 200, (
         f"the HEALTHCHECKs probe GET /healthz, but create_app() answers "

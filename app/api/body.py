@@ -1,5 +1,7 @@
-"""Request bodies as JSON whatever the Content-Type says: curl's `-d` sends a form type,
-and a user should not need `-H 'Content-Type: application/json'` for every call."""
+"""JSON request bodies, validated into a model with messages that say what to fix.
+
+The front door (`security.Guard`) has already refused bodies that are not JSON or
+multipart; an empty body is an empty object."""
 
 from __future__ import annotations
 

@@ -31,6 +31,8 @@ STATUS: dict[type[rt.LlmDoError], int] = {
     rt.UsageLimitReached: 429,
     rt.WorkerTimeout: 504,
     rt.InternalError: 500,
+    rt.TooManyRuns: 429,
+    rt.Unavailable: 503,
     rt.ApprovalNotFound: 404,
     rt.ApprovalAlreadyDecided: 409,
 }
@@ -61,7 +63,11 @@ async def _llm_do_error(request: Request, exc: Exception) -> JSONResponse:
     extra = {}
     if isinstance(exc, rt.InvalidWorker):
         extra = {"path": exc.path, "field": exc.field}
-    return error_response(status_of(exc), exc.type, exc.message, **extra)
+    response = error_response(status_of(exc), exc.type, exc.message, **extra)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(retry_after)))
+    return response
 
 
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:

@@ -17,6 +17,7 @@ def sse_response(
     ping_s: float,
     headers: Mapping[str, str] | None = None,
     on_disconnect: Callable[[], None] | None = None,
+    shutdown_grace_s: float = 0,
 ) -> EventSourceResponse:
     """Stream `chunks` (already SSE-encoded). `on_disconnect` runs if the client leaves early.
 
@@ -41,4 +42,7 @@ def sse_response(
         sep="\n",
         headers=dict(headers or {}),
         send_timeout=60,
+        # On shutdown, keep the stream open while its run finishes (or is interrupted
+        # after the service's grace period): the client then sees the terminal event.
+        shutdown_grace_period=shutdown_grace_s,
     )

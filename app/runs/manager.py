@@ -31,6 +31,8 @@ from app.runtime import (
     RunNotFound,
     RunResult,
     RuntimeConfig,
+    TooManyRuns,
+    Unavailable,
     WorkerRegistry,
     WorkerRun,
 )
@@ -116,7 +118,11 @@ class RunManager:
         models: ModelResolver | None = None,
         default_approval: ApprovalMode = "prompt",
         keep_finished: int = 200,
+        max_runs: int = 100,
+        grace_s: float = 5,
     ) -> None:
+        self.max_runs = max_runs
+        self.grace_s = grace_s
         self.registry = registry
         self.store: RunStore = store or MemoryRunStore()
         self.config = config or RuntimeConfig()
@@ -131,11 +137,14 @@ class RunManager:
     # ---- lifecycle ------------------------------------------------------------------
 
     def begin_shutdown_threadsafe(self, reason: str = "the service is shutting down") -> None:
-        """From a signal handler: end every live run as `interrupted` before the server
-        starts closing connections (a closed stream must not look like a client leaving)."""
+        """From a signal handler: refuse new runs at once (503), let the live ones finish
+        for `grace_s`, then end the rest as `interrupted`. Set before the server closes
+        any stream, so a closed stream does not look like a client leaving."""
         self.stopping = True
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._interrupt_all, reason)
+            self._loop.call_soon_threadsafe(
+                self._loop.call_later, self.grace_s, self._interrupt_all, reason
+            )
 
     def _interrupt_all(self, reason: str) -> None:
         for handle in list(self._live.values()):
@@ -178,9 +187,13 @@ class RunManager:
         return ids
 
     async def shutdown(self, reason: str = "the service is shutting down") -> None:
-        """End every live run as `interrupted` and wait until each is recorded."""
+        """Give live runs the rest of the grace period, end the others as `interrupted`,
+        and wait until each is recorded."""
         self.stopping = True
         handles = list(self._live.values())
+        pending = [h.task for h in handles if h.task is not None and not h.task.done()]
+        if pending and self.grace_s > 0:
+            await asyncio.wait(pending, timeout=self.grace_s)
         self._interrupt_all(reason)
         tasks = [h.task for h in handles if h.task is not None]
         if tasks:
@@ -203,6 +216,13 @@ class RunManager:
         before anything is recorded. The record is durable when this returns.
         `stream_tokens=False` asks models for whole responses: cheaper, for a client that
         only wants the result (followers then see one text.delta per response)."""
+        if self.stopping:
+            raise Unavailable("The service is shutting down; start the run again in a moment")
+        if len(self._live) >= self.max_runs:
+            raise TooManyRuns(
+                f"{len(self._live)} runs are going, the limit (LLM_DO_MAX_RUNS); "
+                "retry when one has ended"
+            )
         mode = approval or self.default_approval
         record = RunRecord(
             run_id="", worker=name, status="running", created_at=time.time(), approval=mode

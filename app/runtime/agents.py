@@ -114,4 +114,5 @@ def build_agent(worker: Worker, registry: WorkerRegistry) -> Agent[Invocation, A
     if spec.output_schema is not None:
         agent.output_validator(_output_check(spec.output_schema))
     worker.cache["agent"] = agent
+    worker.cache["has_tools"] = bool(toolsets)
     return agent

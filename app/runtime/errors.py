@@ -14,6 +14,8 @@
     ├── DelegationError             worker_call refused (allowlist, depth) or the child failed
     ├── RunNotFound                 no run by that id
     ├── RunAlreadyEnded             cancel of a run that has ended
+    ├── TooManyRuns                 the run limit is reached (retry_after)
+    ├── Unavailable                 the service is stopping (retry_after)
     ├── InternalError               an unexpected exception in a worker (a bug, or user code)
     ├── ApprovalNotFound            no pending or decided approval by that id in that run
     └── ApprovalAlreadyDecided      a second decision for one approval
@@ -99,6 +101,22 @@ class RunNotFound(LlmDoError):
 
 class RunAlreadyEnded(LlmDoError):
     type = "run_already_ended"
+
+
+class TooManyRuns(LlmDoError):
+    type = "too_many_runs"
+
+    def __init__(self, message: str, *, retry_after: float = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(LlmDoError):
+    type = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: float = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InternalError(LlmDoError):

@@ -35,7 +35,7 @@ from .events import (
 )
 from .models import ModelResolver
 from .registry import Worker, WorkerRegistry
-from .stream import forward, run_whole_responses
+from .stream import emit_response_texts, forward, run_whole_responses
 
 RunStatus = Literal["succeeded", "failed", "cancelled", "interrupted"]
 
@@ -110,8 +110,11 @@ async def invoke(
         }
         if state.stream_tokens:
             result = await agent.run(prompt, deps=inv, event_stream_handler=forward, **options)
-        else:
+        elif worker.cache["has_tools"]:
             result = await run_whole_responses(agent, prompt, inv, **options)
+        else:  # nothing happens between the model's responses: a plain run is enough
+            result = await agent.run(prompt, deps=inv, **options)
+            emit_response_texts(inv, result.new_messages())
     except asyncio.CancelledError:
         emit(WorkerFinished(**base, status="cancelled"))
         raise

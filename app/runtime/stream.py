@@ -121,6 +121,27 @@ async def forward_events(inv: Invocation, stream: AsyncIterable[AgentStreamEvent
             )
 
 
+def emit_response_texts(inv: Invocation, messages: list[Any]) -> None:
+    """The text (and thinking) of finished model responses, one event per part: how a run
+    without tools and without token streaming shows its answer."""
+    emit = inv.state.sink.emit
+    run_id, worker, path, call_id = inv.state.run_id, inv.worker_name, inv.path, inv.call_id
+    for message in messages:
+        for part in getattr(message, "parts", ()):
+            if type(part) is TextPart and part.content and message.kind == "response":
+                emit(
+                    TextDelta(
+                        run_id=run_id, worker=worker, path=path, call_id=call_id, delta=part.content
+                    )
+                )
+            elif type(part) is ThinkingPart and part.content:
+                emit(
+                    ThinkingDelta(
+                        run_id=run_id, worker=worker, path=path, call_id=call_id, delta=part.content
+                    )
+                )
+
+
 async def run_whole_responses(
     agent: Agent[Invocation, Any], prompt: Any, inv: Invocation, **kwargs: Any
 ):

@@ -93,6 +93,7 @@ function showLogin() {
   const form = el("form", { class: "card login", method: "post", action: "/login" },
     el("h1", { text: "Sign in" }),
     el("p", { class: "muted", text: "This service needs its API token (LLM_DO_API_TOKEN)." }),
+    location.hash === "#login-failed" ? el("p", { class: "error-text", text: "That token is not right." }) : "",
     el("label", { for: "token", text: "Token" }),
     el("input", { id: "token", name: "token", type: "password", autocomplete: "current-password", required: "" }),
     el("div", { class: "row" }, el("button", { class: "primary", type: "submit", text: "Sign in" })),

@@ -25,7 +25,8 @@ def client(tmp_path: Path):
         "  required: [n]\n---\nCount.\n"
     )
     (workers / "broken.worker").write_text("---\nname: broken\nmodle: x\n---\nHi\n")
-    with TestClient(create_app(Settings(workers_dir=workers, data_dir=tmp_path / "data"))) as c:
+    app = create_app(Settings(workers_dir=workers, data_dir=tmp_path / "data"))
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -70,13 +71,15 @@ def test_blocking_run_returns_result_and_run_headers(client):
     assert r.headers["content-location"] == f"/runs/{body['run_id']}"
 
 
-def test_body_without_json_content_type_is_still_json(client):
+def test_a_form_post_is_refused_with_415_saying_what_to_send(client):
     r = client.post(
         "/workers/greeter/run",
         content=b'{"input": "plain curl -d"}',
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
-    assert r.json()["output"] == "plain curl -d"
+    assert r.status_code == 415
+    assert r.json()["error"]["type"] == "unsupported_media_type"
+    assert "application/json" in r.json()["error"]["message"]
 
 
 def test_empty_body_runs_with_no_input(client):
@@ -94,7 +97,9 @@ def test_empty_body_runs_with_no_input(client):
     ],
 )
 def test_bad_run_request_is_422_with_a_message_that_says_what_to_fix(client, body, needle):
-    r = client.post("/workers/greeter/run", content=body)
+    r = client.post(
+        "/workers/greeter/run", content=body, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422
     err = r.json()["error"]
     assert err["type"] == "invalid_request"

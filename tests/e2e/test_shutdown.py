@@ -116,3 +116,35 @@ def test_streamed_run_in_flight_at_shutdown_is_interrupted(shutdown: Outcome) ->
     _check_interrupted(shutdown, shutdown.streamed_id)
     assert shutdown.streamed_events[-1]["type"] == "run.failed"
     assert shutdown.streamed_events[-1]["error"]["type"] == "interrupted"
+
+
+def test_a_run_that_finishes_within_the_grace_period_succeeds(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """SIGTERM stops new runs at once (503) but lets a short run in flight finish."""
+    marker = uuid.uuid4().hex[:8]
+    words = " ".join(f"{marker}{i}" for i in range(16))  # ~0.8 s on fake-slow
+    with run_service(
+        workers=WORKERS,
+        data_dir=tmp_path,
+        fake_base_url=fake_openai.base_url,
+        LLM_DO_SHUTDOWN_GRACE_S="10",
+    ) as svc:
+        with httpx.Client(base_url=svc.url, timeout=10) as client:
+            body = {"input": words, "model": "openai-chat:fake-slow", "background": True}
+            run_id = client.post("/workers/plain/run", json=body).json()["run_id"]
+            svc.proc.terminate()
+            try:  # a new run is refused: 503, or the socket no longer accepts at all
+                refused = client.post("/workers/plain/run", json={"input": "late"})
+            except httpx.TransportError:
+                pass
+            else:
+                assert refused.status_code == 503, refused.text
+        svc.proc.wait(20)
+    with (
+        run_service(workers=WORKERS, data_dir=tmp_path, fake_base_url=fake_openai.base_url) as svc,
+        httpx.Client(base_url=svc.url, timeout=10) as client,
+    ):
+        record = client.get(f"/runs/{run_id}").json()
+    assert record["status"] == "succeeded", record
+    assert record["output"] == words

@@ -165,7 +165,11 @@ async def run_worker(name: str, request: Request, runs: RunsDep, settings: Setti
 
     if streaming:
         return sse_response(
-            handle.log.follow(), ping_s=settings.ping_s, headers=headers, on_disconnect=client_left
+            handle.log.follow(),
+            ping_s=settings.ping_s,
+            headers=headers,
+            on_disconnect=client_left,
+            shutdown_grace_s=settings.shutdown_grace_s + 1,
         )
 
     async def result() -> AsyncIterator[bytes]:
@@ -221,7 +225,9 @@ async def run_events(
         async for chunk in chunks:
             yield chunk
 
-    return sse_response(with_retry_hint(), ping_s=settings.ping_s)
+    return sse_response(
+        with_retry_hint(), ping_s=settings.ping_s, shutdown_grace_s=settings.shutdown_grace_s + 1
+    )
 
 
 @router.post("/runs/{run_id}/cancel")
