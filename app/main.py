@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 default_model=settings.default_model,
                 max_depth=settings.max_depth,
                 approval_timeout_s=settings.approval_timeout_s,
+                stall_timeout_s=settings.stall_timeout_s,
             ),
             models=ModelResolver(),
             default_approval=settings.approval,

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     approval_timeout_s: float = Field(
         600, gt=0, description="Seconds a gated tool call waits for a decision before it is denied"
     )
+    stall_timeout_s: float = Field(
+        120, gt=0, description="Seconds a model request may go without a byte before it fails"
+    )
     max_depth: int = Field(5, ge=0, description="Deepest nesting of worker_call (root is 0)")
     data_dir: Path = Field(Path(".llm-do"), description="Folder for the service's own data")
     store_url: str | None = Field(

@@ -73,6 +73,8 @@ def test_runtime_public_surface_is_pinned():
         "ModelError",
         "ModelResolver",
         "ProviderError",
+        "ProviderRateLimited",
+        "ProviderTimeout",
         "RunAlreadyEnded",
         "RunNotFound",
         "RunResult",

@@ -27,6 +27,8 @@ STATUS: dict[type[rt.LlmDoError], int] = {
     rt.DelegationError: 422,
     rt.RunAlreadyEnded: 409,
     rt.ProviderError: 502,
+    rt.ProviderRateLimited: 429,
+    rt.ProviderTimeout: 504,
     rt.ModelBehaviorError: 502,
     rt.UsageLimitReached: 429,
     rt.WorkerTimeout: 504,

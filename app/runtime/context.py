@@ -20,6 +20,7 @@ class RuntimeConfig:
     default_model: str = "echo"
     max_depth: int = 5
     approval_timeout_s: float = 600
+    stall_timeout_s: float = 120  # a provider request silent this long fails (provider_timeout)
 
 
 @dataclass(slots=True)

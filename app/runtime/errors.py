@@ -8,6 +8,8 @@
     ├── AttachmentRejected          an attachment that breaks an attachment_policy rule
     ├── ModelError                  a model string that cannot be turned into a model
     ├── ProviderError               the model provider answered with an error (status, retry_after)
+    │   ├── ProviderRateLimited     ... a rate limit (429) that outlasted the client's retries
+    │   └── ProviderTimeout         ... or no answer in time (connect, or a stall mid-stream)
     ├── ModelBehaviorError          the model answered something unusable
     ├── UsageLimitReached           the run tree hit one of its usage limits
     ├── WorkerTimeout               a worker ran past its timeout_s
@@ -79,12 +81,20 @@ class ProviderError(LlmDoError):
         self.retry_after = retry_after
 
 
+class ProviderRateLimited(ProviderError):
+    type = "provider_rate_limited"
+
+
+class ProviderTimeout(ProviderError):
+    type = "provider_timeout"
+
+
 class ModelBehaviorError(LlmDoError):
     type = "model_behavior_error"
 
 
 class UsageLimitReached(LlmDoError):
-    type = "usage_limit_reached"
+    type = "usage_limit_exceeded"
 
 
 class WorkerTimeout(LlmDoError):
@@ -137,6 +147,22 @@ def translate(exc: BaseException, *, model: str) -> LlmDoError | None:
         return exc
     if isinstance(exc, pai_exc.RunTimedOut):
         return WorkerTimeout(f"The worker ran past its time limit: {exc}")
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(exc, pai_exc.ModelRateLimitError) or (
+        isinstance(exc, pai_exc.ModelHTTPError) and exc.status_code == 429
+    ):
+        wait = f"; it suggests retrying after {retry_after:g} s" if retry_after else ""
+        return ProviderRateLimited(
+            f"Model {model!r} is rate-limited by its provider (after retries){wait}",
+            status=429,
+            retry_after=retry_after,
+        )
+    if isinstance(exc, pai_exc.ModelTimeoutError | pai_exc.ModelRequestTimeout):
+        return ProviderTimeout(
+            f"Model {model!r} did not answer in time ({exc.message}); the provider may be "
+            "overloaded, or LLM_DO_STALL_TIMEOUT_S is too short for it",
+            retry_after=retry_after,
+        )
     if isinstance(exc, pai_exc.ModelHTTPError):
         return ProviderError(
             f"Model {model!r} returned HTTP {exc.status_code}: {_short(exc.body)}",
@@ -151,9 +177,15 @@ def translate(exc: BaseException, *, model: str) -> LlmDoError | None:
         return UsageLimitReached(str(exc))
     if isinstance(exc, pai_exc.UnexpectedModelBehavior):
         return ModelBehaviorError(f"Model {model!r} behaved unexpectedly: {exc.message}")
+    if type(exc).__module__.split(".")[0] in _TRANSPORT_MODULES:
+        # a transport error the provider SDK let through (e.g. a connection dropped mid-stream)
+        return ProviderError(f"Model {model!r}: the connection failed: {type(exc).__name__}: {exc}")
     if isinstance(exc, pai_exc.UserError):
         return ModelError(f"Model {model!r} cannot be used: {exc.message}")
     return None
+
+
+_TRANSPORT_MODULES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2", "openai", "anthropic"})
 
 
 def _short(body: object, limit: int = 300) -> str:

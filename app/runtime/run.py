@@ -103,6 +103,9 @@ async def invoke(
         agent = build_agent(worker, state.registry)
         prompt = _prompt(input_data, files)
         options = {
+            "model_settings": None
+            if "timeout" in worker.spec.model_settings
+            else {"timeout": state.config.stall_timeout_s},
             "model": model,
             "usage": usage,
             "usage_limits": usage_limits,

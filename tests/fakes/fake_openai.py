@@ -8,6 +8,9 @@ The request's `model` picks a script:
 - `fake` — the default behaviour below;
 - `fake-slow` — the same, with ~50 ms between chunks (for cancel/disconnect tests);
 - `fake-hang` — the first chunk of the default answer, then nothing until the client goes away;
+- `fake-429` — always 429 with `Retry-After: 1`; `fake-500-once` — 500 the first time a user
+  text is seen, then the default answer; `fake-malformed` — a chunk that is not JSON after
+  the first; `fake-drop` — the connection dropped after the first chunk;
 - anything else — HTTP 404 with an OpenAI-style `model_not_found` error.
 
 Default behaviour:
@@ -55,7 +58,15 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 SLOW_DELAY_S = 0.05
-MODELS = ("fake", "fake-slow", "fake-hang")
+MODELS = (
+    "fake",
+    "fake-slow",
+    "fake-hang",
+    "fake-429",
+    "fake-500-once",
+    "fake-malformed",
+    "fake-drop",
+)
 _WORD = re.compile(r"\S+\s*")
 
 
@@ -307,6 +318,10 @@ async def _frames(
         for frame in frames:
             if sent and model == "fake-slow":
                 await asyncio.sleep(SLOW_DELAY_S)
+            if sent == 1 and model == "fake-malformed":
+                yield b"data: {this is not json\n\n"
+            if sent == 1 and model == "fake-drop":
+                raise ConnectionAbortedError("the fake drops the connection mid-stream")
             yield frame
             sent += 1
             if model == "fake-hang":
@@ -342,6 +357,15 @@ async def chat_completions(request: Request) -> Response:
     if model not in MODELS:
         return _error(404, f"The model {model!r} does not exist", "model_not_found")
     answer = plan(body)
+    if model == "fake-429":
+        response = _error(429, "Rate limit reached, slow down", "rate_limit_exceeded")
+        response.headers["retry-after"] = "1"
+        return response
+    if model == "fake-500-once":
+        seen: set[str] = request.app.state.failed_once
+        if answer.user_text not in seen:
+            seen.add(answer.user_text)
+            return _error(500, "The server had an error", "server_error")
     if body.get("stream"):
         frames = stream_chunks(model, answer, body)
         return DisconnectAwareStream(
@@ -377,6 +401,7 @@ def create_app() -> Starlette:
         ]
     )
     app.state.log = FakeLog()
+    app.state.failed_once = set()  # fake-500-once: user texts that got their one 500
     return app
 
 

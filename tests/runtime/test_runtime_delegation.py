@@ -377,14 +377,14 @@ async def test_usage_limit_is_shared_by_the_tree(workers: Path, registry: Worker
     events = await collect(registry, "boss", "go", models=models)
     end = terminal(events)
     assert end.type == "run.failed"
-    assert end.error["type"] == "usage_limit_reached"
+    assert end.error["type"] == "usage_limit_exceeded"
     assert end.usage["requests"] == 2
     # The child made the tree's second request, then was stopped before a third.
     assert busy.requests == 1
     assert boss.requests == 1
     child_end = [e for e in of_type(events, "worker.finished") if e.worker == "busy"]
     assert child_end[0].status == "failed"
-    assert child_end[0].error["type"] == "usage_limit_reached"
+    assert child_end[0].error["type"] == "usage_limit_exceeded"
     call_result = [r for r in of_type(events, "tool.result") if r.tool == "worker_call"]
     assert call_result[0].outcome == "failed"
 
