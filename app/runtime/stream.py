@@ -12,7 +12,7 @@ Two ways to run an agent:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from typing import Any
 
 from pydantic_ai import Agent, RunContext
@@ -20,6 +20,7 @@ from pydantic_ai.messages import (
     AgentStreamEvent,
     FunctionToolCallEvent,
     FunctionToolResultEvent,
+    ModelResponse,
     PartDeltaEvent,
     PartStartEvent,
     TextPart,
@@ -46,8 +47,33 @@ async def forward(ctx: RunContext[Invocation], stream: AsyncIterable[AgentStream
     await forward_events(ctx.deps, stream)
 
 
+def _text_emitters(inv: Invocation) -> tuple[Callable[[str], None], Callable[[str], None]]:
+    """(text, thinking): emit one delta of this invocation's text or reasoning."""
+    emit = inv.state.sink.emit
+    run_id, worker, path, call_id = inv.state.run_id, inv.worker_name, inv.path, inv.call_id
+
+    def text(delta: str) -> None:
+        emit(TextDelta(run_id=run_id, worker=worker, path=path, call_id=call_id, delta=delta))
+
+    def thinking(delta: str) -> None:
+        emit(ThinkingDelta(run_id=run_id, worker=worker, path=path, call_id=call_id, delta=delta))
+
+    return text, thinking
+
+
+def _emit_parts(inv: Invocation, parts: Iterable[Any]) -> None:
+    """The text and thinking of a finished model response, one event per part."""
+    text, thinking = _text_emitters(inv)
+    for part in parts:
+        if type(part) is TextPart and part.content:
+            text(part.content)
+        elif type(part) is ThinkingPart and part.content:
+            thinking(part.content)
+
+
 async def forward_events(inv: Invocation, stream: AsyncIterable[AgentStreamEvent]) -> None:
     emit = inv.state.sink.emit
+    text, thinking = _text_emitters(inv)
     run_id, worker, path, call_id = inv.state.run_id, inv.worker_name, inv.path, inv.call_id
     async for ev in stream:
         kind = type(ev)
@@ -55,40 +81,12 @@ async def forward_events(inv: Invocation, stream: AsyncIterable[AgentStreamEvent
             delta = ev.delta
             if type(delta) is TextPartDelta:
                 if delta.content_delta:
-                    emit(
-                        TextDelta(
-                            run_id=run_id,
-                            worker=worker,
-                            path=path,
-                            call_id=call_id,
-                            delta=delta.content_delta,
-                        )
-                    )
+                    text(delta.content_delta)
             elif type(delta) is ThinkingPartDelta and delta.content_delta:
-                emit(
-                    ThinkingDelta(
-                        run_id=run_id,
-                        worker=worker,
-                        path=path,
-                        call_id=call_id,
-                        delta=delta.content_delta,
-                    )
-                )
+                thinking(delta.content_delta)
         elif kind is PartStartEvent:
-            part = ev.part
             # The first piece of a response arrives here, not in a delta.
-            if type(part) is TextPart and part.content:
-                emit(
-                    TextDelta(
-                        run_id=run_id, worker=worker, path=path, call_id=call_id, delta=part.content
-                    )
-                )
-            elif type(part) is ThinkingPart and part.content:
-                emit(
-                    ThinkingDelta(
-                        run_id=run_id, worker=worker, path=path, call_id=call_id, delta=part.content
-                    )
-                )
+            _emit_parts(inv, (ev.part,))
         elif kind is FunctionToolCallEvent:
             part = ev.part
             emit(
@@ -122,57 +120,20 @@ async def forward_events(inv: Invocation, stream: AsyncIterable[AgentStreamEvent
 
 
 def emit_response_texts(inv: Invocation, messages: list[Any]) -> None:
-    """The text (and thinking) of finished model responses, one event per part: how a run
-    without tools and without token streaming shows its answer."""
-    emit = inv.state.sink.emit
-    run_id, worker, path, call_id = inv.state.run_id, inv.worker_name, inv.path, inv.call_id
+    """How a run without tools and without token streaming shows its answer."""
     for message in messages:
-        for part in getattr(message, "parts", ()):
-            if type(part) is TextPart and part.content and message.kind == "response":
-                emit(
-                    TextDelta(
-                        run_id=run_id, worker=worker, path=path, call_id=call_id, delta=part.content
-                    )
-                )
-            elif type(part) is ThinkingPart and part.content:
-                emit(
-                    ThinkingDelta(
-                        run_id=run_id, worker=worker, path=path, call_id=call_id, delta=part.content
-                    )
-                )
+        if isinstance(message, ModelResponse):
+            _emit_parts(inv, message.parts)
 
 
 async def run_whole_responses(
     agent: Agent[Invocation, Any], prompt: Any, inv: Invocation, **kwargs: Any
-):
+) -> Any:
     """`agent.run(...)` without token streaming, still emitting the run's events."""
-    emit = inv.state.sink.emit
-    run_id, worker, path, call_id = inv.state.run_id, inv.worker_name, inv.path, inv.call_id
     async with agent.iter(prompt, deps=inv, **kwargs) as run:
         async for node in run:
             if Agent.is_call_tools_node(node):
-                for part in node.model_response.parts:
-                    kind = type(part)
-                    if kind is TextPart and part.content:
-                        emit(
-                            TextDelta(
-                                run_id=run_id,
-                                worker=worker,
-                                path=path,
-                                call_id=call_id,
-                                delta=part.content,
-                            )
-                        )
-                    elif kind is ThinkingPart and part.content:
-                        emit(
-                            ThinkingDelta(
-                                run_id=run_id,
-                                worker=worker,
-                                path=path,
-                                call_id=call_id,
-                                delta=part.content,
-                            )
-                        )
+                _emit_parts(inv, node.model_response.parts)
                 async with node.stream(run.ctx) as events:
                     await forward_events(inv, events)
     assert run.result is not None
