@@ -100,8 +100,8 @@ def test_a_foreign_page_cannot_start_or_approve_runs(service: Service, evil_site
             page.goto(evil_site)
             page.wait_for_function("document.title.includes('approve:')", timeout=10_000)
             title = page.title()
-            page.evaluate("document.getElementById('f').submit()")
-            page.wait_for_load_state("load", timeout=10_000)
+            with page.expect_navigation(timeout=10_000):
+                page.evaluate("document.getElementById('f').submit()")
             form_answer = page.content()
         finally:
             browser.close()
