@@ -3,7 +3,9 @@ approval on the service (issue 6): its requests are refused before anything happ
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,7 +32,7 @@ ARGS = [
 ]
 
 
-def evil_page(service: str) -> bytes:
+def evil_page(service: str, approval_url: str) -> bytes:
     """What a hostile page would try: a JSON fetch, a no-cors text/plain fetch, a form post."""
     return f"""<!doctype html><html><body>
 <form id="f" method="post" action="{service}/workers/plain/run" enctype="text/plain">
@@ -50,7 +52,7 @@ async function attack() {{
     out.push("plain:sent");
   }} catch (e) {{ out.push("plain:blocked"); }}
   try {{
-    await fetch("{service}/runs/r1/approvals/a1", {{method: "POST", mode: "no-cors",
+    await fetch("{approval_url}", {{method: "POST", mode: "no-cors",
       body: JSON.stringify({{decision: "approve"}})}});
     out.push("approve:sent");
   }} catch (e) {{ out.push("approve:blocked"); }}
@@ -68,8 +70,24 @@ def service(fake_openai, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 
 @pytest.fixture(scope="module")
-def evil_site(service: Service) -> Iterator[str]:
-    page = evil_page(service.url)
+def pending(service: Service) -> Iterator[tuple[str, str]]:
+    """A run that waits for the approval of a write: (run id, approval id)."""
+    call = {"tool": "write_file", "args": {"path": "notes/evil.md", "content": "pwned"}}
+    body = {"input": json.dumps({"calls": [call]}), "background": True}
+    with httpx.Client(base_url=service.url, timeout=10) as client:
+        run_id = client.post("/workers/g_writer/run", json=body).json()["run_id"]
+        deadline = time.monotonic() + 10
+        while not (approvals := client.get(f"/runs/{run_id}/approvals").json()["approvals"]):
+            assert time.monotonic() < deadline, "the write never asked for approval"
+            time.sleep(0.05)  # cross-process: poll the service with a deadline
+        yield run_id, approvals[0]["approval_id"]
+        client.post(f"/runs/{run_id}/cancel")
+
+
+@pytest.fixture(scope="module")
+def evil_site(service: Service, pending: tuple[str, str]) -> Iterator[str]:
+    run_id, approval_id = pending
+    page = evil_page(service.url, f"{service.url}/runs/{run_id}/approvals/{approval_id}")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -92,7 +110,9 @@ def evil_site(service: Service) -> Iterator[str]:
         thread.join(5)
 
 
-def test_a_foreign_page_cannot_start_or_approve_runs(service: Service, evil_site: str) -> None:
+def test_a_foreign_page_cannot_start_or_approve_runs(
+    service: Service, evil_site: str, pending: tuple[str, str]
+) -> None:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         try:
@@ -110,4 +130,6 @@ def test_a_foreign_page_cannot_start_or_approve_runs(service: Service, evil_site
     # the form post reached the server and was refused at the door
     assert "forbidden_origin" in form_answer
     runs = httpx.get(f"{service.url}/runs", timeout=5).json()["runs"]
-    assert runs == [], runs  # nothing the page sent started a run
+    assert [r["run_id"] for r in runs] == [pending[0]], runs  # the page started nothing
+    approvals = httpx.get(f"{service.url}/runs/{pending[0]}/approvals", timeout=5).json()
+    assert [a["approval_id"] for a in approvals["approvals"]] == [pending[1]]  # still waiting
