@@ -11,11 +11,13 @@ from .context import RuntimeConfig
 from .definitions import WorkerSpec, is_valid_name
 from .errors import (
     ApprovalAlreadyDecided,
+    ApprovalDenied,
     ApprovalNotFound,
     AttachmentRejected,
     DelegationError,
     InternalError,
     InvalidInput,
+    InvalidOutput,
     InvalidWorker,
     LlmDoError,
     ModelBehaviorError,
@@ -26,6 +28,7 @@ from .errors import (
     RunAlreadyEnded,
     RunNotFound,
     SandboxViolation,
+    ToolCallFailed,
     TooManyRuns,
     Unavailable,
     UsageLimitReached,
@@ -36,6 +39,7 @@ from .events import EVENT_TYPES, TERMINAL_TYPES, Event
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, ModelResolver
 from .registry import Worker, WorkerRegistry
 from .run import RunResult, WorkerRun, new_id, run_worker
+from .worker_context import WorkerContext
 
 __all__ = [
     "APPROVAL_MODES",
@@ -44,6 +48,7 @@ __all__ = [
     "EVENT_TYPES",
     "TERMINAL_TYPES",
     "ApprovalAlreadyDecided",
+    "ApprovalDenied",
     "ApprovalMode",
     "ApprovalNotFound",
     "Attachment",
@@ -53,6 +58,7 @@ __all__ = [
     "Event",
     "InternalError",
     "InvalidInput",
+    "InvalidOutput",
     "InvalidWorker",
     "LlmDoError",
     "ModelBehaviorError",
@@ -67,9 +73,11 @@ __all__ = [
     "RuntimeConfig",
     "SandboxViolation",
     "TooManyRuns",
+    "ToolCallFailed",
     "Unavailable",
     "UsageLimitReached",
     "Worker",
+    "WorkerContext",
     "WorkerNotFound",
     "WorkerRegistry",
     "WorkerRun",

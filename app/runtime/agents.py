@@ -26,6 +26,7 @@ from . import delegation, sandbox, shell
 from .approvals import ApprovalGated, GateRule, Gating
 from .context import Invocation
 from .registry import Worker, WorkerRegistry
+from .worker_context import takes_worker_context, with_worker_context
 
 
 class FailuresToModel(WrapperToolset[Invocation]):
@@ -89,7 +90,11 @@ def build_agent(worker: Worker, registry: WorkerRegistry) -> Agent[Invocation, A
     spec = worker.spec
     toolsets: list[Any] = []
     if worker.tools:
-        toolsets.append(FailuresToModel(FunctionToolset(list(worker.tools))))
+        tools = [
+            with_worker_context(f, source=str(worker.path)) if takes_worker_context(f) else f
+            for f in worker.tools
+        ]
+        toolsets.append(FailuresToModel(FunctionToolset(tools)))
     if spec.sandbox and spec.sandbox.paths:
         toolsets.append(sandbox.file_toolset())
     if spec.shell is not None:

@@ -141,6 +141,7 @@ class WorkerSpec(_Strict):
     require_approval: list[str] = []
     shell: ShellConfig | None = None
     locked: bool = False
+    code: str | None = None  # FILE.py:FUNCTION: the worker is Python, not a model (§10)
 
     @model_validator(mode="before")
     @classmethod

@@ -18,6 +18,9 @@
     ├── RunAlreadyEnded             cancel of a run that has ended
     ├── TooManyRuns                 the run limit is reached (retry_after)
     ├── Unavailable                 the service is stopping (retry_after)
+    ├── ToolCallFailed              a ctx file operation refused or failed (the tool's message)
+    ├── ApprovalDenied              a ctx operation that needed approval was denied
+    ├── InvalidOutput               a code worker returned something its output_schema refuses
     ├── InternalError               an unexpected exception in a worker (a bug, or user code)
     ├── ApprovalNotFound            no pending or decided approval by that id in that run
     └── ApprovalAlreadyDecided      a second decision for one approval
@@ -127,6 +130,18 @@ class Unavailable(LlmDoError):
     def __init__(self, message: str, *, retry_after: float = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ToolCallFailed(LlmDoError):
+    type = "tool_failed"
+
+
+class ApprovalDenied(LlmDoError):
+    type = "approval_denied"
+
+
+class InvalidOutput(LlmDoError):
+    type = "invalid_output"
 
 
 class InternalError(LlmDoError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .custom_tools import load_tools
+from .custom_tools import load_code, load_tools
 from .definitions import WorkerSpec, is_valid_name, parse_spec, split_front_matter
 from .errors import InvalidWorker, WorkerNotFound
 from .prompts import render_instructions
@@ -32,6 +32,7 @@ class Worker:
     source: str
     path: Path
     tools: tuple[Callable[..., Any], ...] = ()
+    code: Callable[..., Any] | None = None  # the async function of a code worker
     cache: dict[str, Any] = field(default_factory=dict)  # built agents, keyed by the builder
 
     @property
@@ -149,12 +150,21 @@ class WorkerRegistry:
                     field="custom_tools",
                 )
             tools = load_tools(tools_py, spec.custom_tools, source=source) if tools_py else []
+            code = None
+            if spec.code:
+                code, code_file = load_code(path.parent, spec.code, source=source)
+                used = [*used, code_file]
         except InvalidWorker as exc:
             return _Entry(fingerprint, exc)
         except (OSError, UnicodeDecodeError) as exc:
             return _Entry(fingerprint, InvalidWorker(f"{source}: cannot read: {exc}", path=source))
         fingerprint = fingerprint + _fingerprint(used)
         worker = Worker(
-            spec=spec, instructions=instructions, source=body, path=path, tools=tuple(tools)
+            spec=spec,
+            instructions=instructions,
+            source=body,
+            path=path,
+            tools=tuple(tools),
+            code=code,
         )
         return _Entry(fingerprint, worker)

@@ -21,7 +21,7 @@ from .agents import build_agent
 from .approvals import ApprovalGate, ApprovalMode
 from .attachments import Attachment, check_policy
 from .context import Invocation, RunState, RuntimeConfig, own_usage, usage_dict
-from .errors import InternalError, LlmDoError, translate
+from .errors import InternalError, LlmDoError, WorkerTimeout, translate
 from .events import (
     Event,
     EventSink,
@@ -94,11 +94,18 @@ async def invoke(
     emit = state.sink.emit
     emit(
         WorkerStarted(
-            **base, model=model_name, parent_call_id=inv.parent_call_id, tool_call_id=tool_call_id
+            **base,
+            model=f"code:{worker.spec.code}" if worker.code else model_name,
+            parent_call_id=inv.parent_call_id,
+            tool_call_id=tool_call_id,
         )
     )
     try:
         validate_input(worker, input_data)
+        if worker.code is not None:
+            output = await _run_code(worker, inv, input_data, files, usage, usage_limits)
+            emit(WorkerFinished(**base, status="succeeded", output=output, usage=None))
+            return output
         model = state.models.get(model_name)
         agent = build_agent(worker, state.registry)
         prompt = _prompt(input_data, files)
@@ -135,6 +142,35 @@ async def invoke(
             **base, status="succeeded", output=output, usage=own_usage(result.new_messages())
         )
     )
+    return output
+
+
+async def _run_code(
+    worker: Worker,
+    inv: Invocation,
+    input_data: Any,
+    files: list[Attachment],
+    usage: RunUsage,
+    usage_limits: UsageLimits | None,
+) -> Any:
+    """A code worker: `await FUNCTION(ctx, input)`, bounded by its timeout_s."""
+    from .worker_context import WorkerContext
+
+    assert worker.code is not None
+    ctx = WorkerContext(inv, usage=usage, usage_limits=usage_limits, attachments=files)
+    try:
+        async with asyncio.timeout(worker.spec.timeout_s):
+            output = await worker.code(ctx, input_data)
+    except TimeoutError:
+        raise WorkerTimeout(
+            f"Code worker {worker.name!r} ran past its timeout_s ({worker.spec.timeout_s:g} s)"
+        ) from None
+    if worker.spec.output_schema is not None:
+        schemas.validate_output(
+            worker.spec.output_schema, output, worker=worker.name, cache=worker.cache
+        )
+    elif output is not None and not isinstance(output, str):
+        output = json.loads(json.dumps(output, default=str))  # JSON-able, like a model's
     return output
 
 

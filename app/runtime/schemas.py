@@ -36,3 +36,19 @@ def validate(schema: dict[str, Any], value: Any, *, worker: str, cache: dict[str
     raise InvalidInput(
         f"Input for worker {worker!r} does not match its input_schema at {where}: {error.message}"
     )
+
+
+def validate_output(schema: dict[str, Any], value: Any, *, worker: str, cache: dict[str, Any]):
+    """A code worker's output must match its output_schema, as a model's would."""
+    from .errors import InvalidOutput
+
+    validator = cache.get("output_validator")
+    if validator is None:
+        validator = cache["output_validator"] = Draft202012Validator(schema)
+    error = next(iter(sorted(validator.iter_errors(value), key=lambda e: e.path)), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(the output)"
+        raise InvalidOutput(
+            f"Worker {worker!r} returned output that does not match its output_schema at "
+            f"{where}: {error.message}"
+        )
