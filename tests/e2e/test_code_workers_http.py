@@ -3,6 +3,7 @@ client and resumes; the stream looks like a model worker's."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,12 +34,34 @@ MAIN = """async def run(ctx, input):
 """
 
 
+TOOLY = """---
+name: tooly
+model: openai-chat:fake
+custom_tools: [ask_echo]
+allow_workers: [echoer]
+---
+Use ask_echo.
+"""
+TOOLY_TOOLS = """async def ask_echo(ctx, text: str) -> str:
+    \"\"\"Ask the echo worker.
+
+    Args:
+        text: What to send.
+    \"\"\"
+    return "echoer said: " + await ctx.call_worker("echoer", text)
+"""
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("code-http")
     (root / "workers" / "scribe").mkdir(parents=True)
     (root / "workers" / "scribe" / "worker.worker").write_text(SCRIBE)
     (root / "workers" / "scribe" / "main.py").write_text(MAIN)
+    (root / "workers" / "tooly").mkdir()
+    (root / "workers" / "tooly" / "worker.worker").write_text(TOOLY)
+    (root / "workers" / "tooly" / "tools.py").write_text(TOOLY_TOOLS)
+    (root / "workers" / "echoer.worker").write_text("---\nname: echoer\nmodel: echo\n---\nEcho.\n")
     return root
 
 
@@ -82,3 +105,23 @@ async def test_ctx_write_file_waits_for_an_http_approval_and_resumes(svc: Servic
     assert seen[-1]["output"] == f"Wrote 11 bytes to notes/{name}.md"
     assert (project / "notes" / f"{name}.md").read_text() == "# from code"
     assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
+
+
+async def test_a_tool_with_ctx_streams_its_grandchild_in_the_root_stream(svc: Service):
+    words = f"grand {uuid.uuid4().hex[:6]} child"
+    call = {"calls": [{"tool": "ask_echo", "args": {"text": words}}]}
+    body = {"input": json.dumps(call)}
+    seen: list[dict] = []
+    with anyio.fail_after(20):
+        async with (
+            httpx.AsyncClient(base_url=svc.url, timeout=20) as client,
+            client.stream("POST", "/workers/tooly/run", json=body, headers=SSE) as resp,
+        ):
+            async for item in sse_items(resp):
+                if not isinstance(item, str):
+                    seen.append(item.data)
+    grand = [e for e in seen if e["type"] == "text.delta" and e["worker"] == "echoer"]
+    assert "".join(e["delta"] for e in grand) == words
+    assert grand[0]["path"] == ["tooly", "echoer"]
+    assert seen[-1]["type"] == "run.completed"
+    assert f"echoer said: {words}" in seen[-1]["output"]
