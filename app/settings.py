@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     max_depth: int = Field(5, ge=0, description="Deepest nesting of worker_call (root is 0)")
     data_dir: Path = Field(Path(".llm-do"), description="Folder for the service's own data")
     store_url: str | None = Field(
-        None, description="Run store: sqlite:///PATH or memory:// (default: SQLite in the data dir)"
+        None,
+        description="Run store: sqlite:///PATH, postgresql://... or memory:// "
+        "(default: SQLite in the data dir)",
     )
     retention_days: float | None = Field(
         30, gt=0, description="Ended runs older than this many days are deleted (unset: kept)"

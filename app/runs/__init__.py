@@ -24,9 +24,16 @@ __all__ = [
 
 
 def open_store(url: str) -> RunStore:
-    """`sqlite:///path/to/file.sqlite3` or `memory://`."""
+    """`sqlite:///path/to/file.sqlite3`, `postgresql://user@host/db[?schema=name]` or
+    `memory://`."""
     if url.startswith("memory:"):
         return MemoryRunStore()
     if url.startswith("sqlite:///"):
         return SqliteRunStore(url.removeprefix("sqlite:///"))
-    raise ValueError(f"Unsupported LLM_DO_STORE_URL {url!r}: use sqlite:///PATH or memory://")
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresRunStore  # asyncpg is only needed for this store
+
+        return PostgresRunStore(url)
+    raise ValueError(
+        f"Unsupported LLM_DO_STORE_URL {url!r}: use sqlite:///PATH, postgresql://... or memory://"
+    )

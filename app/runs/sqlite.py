@@ -11,7 +11,6 @@ read while the writer writes).
 from __future__ import annotations
 
 import asyncio
-import json
 import queue
 import sqlite3
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .records import ENDED, RunRecord
+from .rows import COLUMNS, chunks, from_row, to_row, unpack
 from .store import EventRow
 
 SCHEMA = """
@@ -59,90 +59,11 @@ ON CONFLICT (run_id) DO UPDATE SET
     finished_at = excluded.finished_at, model = excluded.model, output = excluded.output,
     error = excluded.error, usage = excluded.usage, last_seq = excluded.last_seq
 """
-_COLUMNS = (
-    "run_id, worker, status, created_at, started_at, finished_at, model, approval, "
-    "input, output, error, usage, last_seq"
-)
 _INSERT_CHUNK = "INSERT OR IGNORE INTO event_chunks VALUES (?, ?, ?, ?, ?)"
-
-
-def _chunks(events: list[tuple[str, int, str, bytes]]) -> list[tuple[str, int, int, str, bytes]]:
-    """Consecutive events of one run become one row: (run_id, first, last, types, body).
-
-    A token stream writes a row per batch instead of a row per token, which is what
-    keeps persistence off the streaming budget. `body` is the events' JSON joined by
-    newlines (JSON never holds a raw newline); `types` their types joined by commas.
-    """
-    open_: dict[str, list[Any]] = {}
-    rows: list[tuple[str, int, int, str, bytes]] = []
-
-    def close(run_id: str) -> None:
-        first, last, types, datas = open_.pop(run_id)
-        rows.append((run_id, first, last, ",".join(types), b"\n".join(datas)))
-
-    for run_id, seq, type_, data in events:
-        group = open_.get(run_id)
-        if group is not None and seq != group[1] + 1:
-            close(run_id)
-            group = None
-        if group is None:
-            open_[run_id] = [seq, seq, [type_], [data]]
-        else:
-            group[1] = seq
-            group[2].append(type_)
-            group[3].append(data)
-    for run_id in list(open_):
-        close(run_id)
-    return rows
 
 
 _STOP = ("stop",)
 LINGER_S = 0.05  # the longest an event waits in memory before its commit starts
-
-
-def _dump(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, default=str)
-
-
-def _load(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _row(record: RunRecord) -> tuple[Any, ...]:
-    r = record
-    return (
-        r.run_id,
-        r.worker,
-        r.status,
-        r.created_at,
-        r.started_at,
-        r.finished_at,
-        r.model,
-        r.approval,
-        _dump(r.input),
-        _dump(r.output),
-        _dump(r.error),
-        _dump(r.usage),
-        r.last_seq,
-    )
-
-
-def _record(row: tuple[Any, ...]) -> RunRecord:
-    return RunRecord(
-        run_id=row[0],
-        worker=row[1],
-        status=row[2],
-        created_at=row[3],
-        started_at=row[4],
-        finished_at=row[5],
-        model=row[6],
-        approval=row[7] or "prompt",
-        input=_load(row[8]),
-        output=_load(row[9]),
-        error=_load(row[10]),
-        usage=_load(row[11]),
-        last_seq=row[12],
-    )
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -193,14 +114,14 @@ class SqliteRunStore:
     # ---- writes (queued) ------------------------------------------------------------
 
     async def create(self, record: RunRecord) -> None:
-        self._queue.put(("run", _row(record)))
+        self._queue.put(("run", to_row(record)))
         await self.flush()
 
     def append(self, run_id: str, seq: int, type: str, data: bytes) -> None:
         self._queue.put(("event", (run_id, seq, type, data)))
 
     def update(self, record: RunRecord) -> None:
-        self._queue.put(("run", _row(record)))
+        self._queue.put(("run", to_row(record)))
 
     async def flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -249,7 +170,7 @@ class SqliteRunStore:
                         if runs:
                             conn.executemany(_UPSERT, runs)
                         if events:
-                            conn.executemany(_INSERT_CHUNK, _chunks(events))
+                            conn.executemany(_INSERT_CHUNK, chunks(events))
                         conn.execute("COMMIT")
                 except sqlite3.Error as exc:  # keep serving; flush() reports it
                     self._error = exc
@@ -276,8 +197,8 @@ class SqliteRunStore:
         )
 
     async def get(self, run_id: str) -> RunRecord | None:
-        rows = await self._read(f"SELECT {_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
-        return _record(rows[0]) if rows else None
+        rows = await self._read(f"SELECT {COLUMNS} FROM runs WHERE run_id = ?", (run_id,))
+        return from_row(rows[0]) if rows else None
 
     async def list(
         self, *, worker: str | None = None, status: str | None = None, limit: int = 50
@@ -290,8 +211,8 @@ class SqliteRunStore:
             where.append("status = ?")
             args.append(status)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT {_COLUMNS} FROM runs {clause} ORDER BY created_at DESC LIMIT ?"
-        return [_record(r) for r in await self._read(sql, (*args, limit))]
+        sql = f"SELECT {COLUMNS} FROM runs {clause} ORDER BY created_at DESC LIMIT ?"
+        return [from_row(r) for r in await self._read(sql, (*args, limit))]
 
     async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[EventRow]:
         rows = await self._read(
@@ -299,24 +220,12 @@ class SqliteRunStore:
             "WHERE run_id = ? AND last_seq > ? ORDER BY first_seq LIMIT ?",
             (run_id, after, limit),  # every chunk holds at least one event
         )
-        out: list[EventRow] = []
-        for first, types, body in rows:
-            for seq, type_, data in zip(
-                range(first, first + body.count(b"\n") + 1),
-                types.split(","),
-                bytes(body).split(b"\n"),
-                strict=True,
-            ):
-                if seq > after:
-                    out.append((seq, type_, data))
-                    if len(out) == limit:
-                        return out
-        return out
+        return unpack(rows, after, limit)
 
     async def unfinished(self) -> list[RunRecord]:
         marks = ",".join("?" * len(ENDED))
-        sql = f"SELECT {_COLUMNS} FROM runs WHERE status NOT IN ({marks})"
-        records = [_record(r) for r in await self._read(sql, tuple(ENDED))]
+        sql = f"SELECT {COLUMNS} FROM runs WHERE status NOT IN ({marks})"
+        records = [from_row(r) for r in await self._read(sql, tuple(ENDED))]
         for record in records:  # the record's last_seq lags; the events table does not
             rows = await self._read(
                 "SELECT COALESCE(MAX(last_seq), 0) FROM event_chunks WHERE run_id = ?",

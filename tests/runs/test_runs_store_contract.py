@@ -8,8 +8,10 @@ file, memory); a Postgres store joins by adding one param. What only a store on 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,41 @@ pytestmark = pytest.mark.anyio
 T0 = 1_700_000_000.0  # a fixed creation time for records whose age does not matter
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+POSTGRES = os.environ.get("LLM_DO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def _postgres_schema() -> str:
+    """A fresh schema on the machine's PostgreSQL, or a skip saying why there is none."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(POSTGRES, timeout=3)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"no PostgreSQL at {POSTGRES} ({exc}); set LLM_DO_TEST_POSTGRES_URL")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    await conn.close()
+    return schema
+
+
+async def _drop_schema(schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES, timeout=3)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RunStore]:
     impl: RunStore
+    schema = None
     if request.param == "sqlite":
         impl = SqliteRunStore(tmp_path / "runs.sqlite3")
+    elif request.param == "postgres":
+        schema = await _postgres_schema()
+        impl = open_store(f"{POSTGRES}?schema={schema}")
     else:
         impl = MemoryRunStore()
     await impl.open()
@@ -36,6 +68,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield impl
     finally:
         await impl.close()
+        if schema is not None:
+            await _drop_schema(schema)
 
 
 def make(run_id: str, *, created_at: float = T0, status: str = "running", **kw: Any) -> RunRecord:
@@ -374,5 +408,10 @@ def test_open_store_urls(tmp_path: Path) -> None:
     assert isinstance(open_store("memory://"), MemoryRunStore)
     store = open_store(f"sqlite:///{tmp_path / 'x.sqlite3'}")
     assert isinstance(store, SqliteRunStore) and store.path == tmp_path / "x.sqlite3"
+    from app.runs.postgres import PostgresRunStore
+
+    pg = open_store("postgresql://u@db.example/runs?schema=team1&sslmode=disable")
+    assert isinstance(pg, PostgresRunStore) and pg.schema == "team1"
+    assert pg.url == "postgresql://u@db.example/runs?sslmode=disable"
     with pytest.raises(ValueError, match="Unsupported"):
-        open_store("postgres://nowhere")
+        open_store("mysql://nowhere")
