@@ -22,8 +22,8 @@ from pydantic_ai.usage import RunUsage, UsageLimits
 from . import delegation, sandbox
 from .attachments import Attachment
 from .context import Invocation
-from .errors import ApprovalDenied, InvalidWorker, ToolCallFailed
-from .events import TextDelta
+from .errors import ApprovalDenied, InvalidWorker, LlmDoError, ToolCallFailed
+from .events import TextDelta, ToolCall, ToolResult
 
 
 class _ToolCtx:
@@ -83,15 +83,59 @@ class WorkerContext:
         self, worker: str, input: Any = None, attachments: list[str] | None = None
     ) -> Any:
         """The child's output; raises DelegationError (refused) or the child's error."""
-        return await delegation.call_worker(
-            self._inv,
-            worker,
-            input,
-            attachments,
-            tool_call_id=self._tool_call_id or self._op_id("call_worker"),
-            usage=self._usage,
-            usage_limits=self._limits,
-        )
+        if self._tool_call_id is not None:  # inside a tool: its own tool events frame this
+            return await delegation.call_worker(
+                self._inv,
+                worker,
+                input,
+                attachments,
+                tool_call_id=self._tool_call_id,
+                usage=self._usage,
+                usage_limits=self._limits,
+            )
+        op_id = self._op_id("worker_call")
+        args = {"worker": worker, "input_data": input, "attachments": attachments}
+        self._tool_event(op_id, "worker_call", args)
+        try:
+            output = await delegation.call_worker(
+                self._inv,
+                worker,
+                input,
+                attachments,
+                tool_call_id=op_id,
+                usage=self._usage,
+                usage_limits=self._limits,
+            )
+        except LlmDoError as exc:
+            self._tool_event(op_id, "worker_call", outcome="failed", content=exc.message)
+            raise
+        self._tool_event(op_id, "worker_call", outcome="success", content=output)
+        return output
+
+    def _tool_event(
+        self,
+        op_id: str,
+        tool: str,
+        args: dict[str, Any] | None = None,
+        *,
+        outcome: str | None = None,
+        content: Any = None,
+    ) -> None:
+        """tool.call / tool.result for what code does through ctx, as for a model's tools,
+        so streams, the run record and the web page show both alike."""
+        inv = self._inv
+        base = {
+            "run_id": inv.state.run_id,
+            "worker": inv.worker_name,
+            "path": inv.path,
+            "call_id": inv.call_id,
+            "tool_call_id": op_id,
+            "tool": tool,
+        }
+        if outcome is None:
+            inv.state.sink.emit(ToolCall(**base, args=args))
+        else:
+            inv.state.sink.emit(ToolResult(**base, outcome=outcome, content=content))
 
     async def emit(self, text: str) -> None:
         """Stream a piece of text from this worker (a `text.delta`)."""
@@ -123,16 +167,22 @@ class WorkerContext:
         if not (inv.worker.spec.sandbox and inv.worker.spec.sandbox.paths):
             raise ToolCallFailed(f"Worker {inv.worker_name!r} has no sandbox, so it has no files")
         op_id = self._op_id(name)
+        self._tool_event(op_id, name, args)
         gating = gating_rule(inv.worker)(inv, name, args)
         if gating is not None:
             decision = await inv.state.gate.check(inv, op_id, name, args, gating)
             if not decision.approved:
-                raise ApprovalDenied(f"{name} was denied: {decision.reason}")
+                message = f"{name} was denied: {decision.reason}"
+                self._tool_event(op_id, name, outcome="denied", content=message)
+                raise ApprovalDenied(message)
             args = decision.args or args
         try:
-            return await getattr(sandbox, name)(_ToolCtx(inv, op_id), **args)
+            result = await getattr(sandbox, name)(_ToolCtx(inv, op_id), **args)
         except ToolFailed as exc:
+            self._tool_event(op_id, name, outcome="failed", content=str(exc))
             raise ToolCallFailed(str(exc)) from None
+        self._tool_event(op_id, name, outcome="success", content=result)
+        return result
 
 
 def takes_worker_context(fn: Callable[..., Any]) -> bool:

@@ -105,6 +105,13 @@ async def test_ctx_write_file_waits_for_an_http_approval_and_resumes(svc: Servic
     assert seen[-1]["output"] == f"Wrote 11 bytes to notes/{name}.md"
     assert (project / "notes" / f"{name}.md").read_text() == "# from code"
     assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
+    # ctx file operations show as tool calls, like a model's, and the approval points at it
+    (call,) = [e for e in seen if e["type"] == "tool.call"]
+    (result,) = [e for e in seen if e["type"] == "tool.result"]
+    (asked,) = [e for e in seen if e["type"] == "approval.requested"]
+    assert call["tool"] == result["tool"] == "write_file"
+    assert call["tool_call_id"] == result["tool_call_id"] == asked["tool_call_id"]
+    assert result["outcome"] == "success"
 
 
 async def test_a_tool_with_ctx_streams_its_grandchild_in_the_root_stream(svc: Service):
