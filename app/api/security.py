@@ -45,6 +45,11 @@ SECURITY_HEADERS = [
 ]
 
 
+def token_matches(offered: str, expected: bytes | None) -> bool:
+    """The one token comparison (constant time); no expected token matches nothing."""
+    return bool(expected) and hmac.compare_digest(offered.encode(), expected)
+
+
 def _refuse(status: int, type_: str, message: str, headers: list[tuple[bytes, bytes]] = ()):
     body = json.dumps({"error": {"type": type_, "message": message}}).encode()
 
@@ -173,7 +178,7 @@ class Guard:
         if scope["method"] == "GET" and scope.get("query_string"):
             query = parse_qs(scope["query_string"].decode("latin-1"))
             offered.extend(query.get("access_token", []))
-        return any(hmac.compare_digest(o.encode(), self.token) for o in offered)
+        return any(token_matches(o, self.token) for o in offered)
 
     def _limited(self, receive: Receive, headers: Headers) -> Receive:
         seen = 0

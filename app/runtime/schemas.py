@@ -7,7 +7,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from .errors import InvalidInput, InvalidWorker
+from .errors import InvalidInput, InvalidOutput, InvalidWorker
 
 
 def check_schema(schema: dict[str, Any] | None, *, field: str, source: str) -> None:
@@ -24,31 +24,35 @@ def check_schema(schema: dict[str, Any] | None, *, field: str, source: str) -> N
         ) from None
 
 
+def _first_error(schema: dict[str, Any], value: Any, cache: dict[str, Any], key: str) -> Any:
+    """The first place `value` breaks `schema` (validator built once, kept in `cache`)."""
+    validator = cache.get(key)
+    if validator is None:
+        validator = cache[key] = Draft202012Validator(schema)
+    return next(iter(sorted(validator.iter_errors(value), key=lambda e: e.path)), None)
+
+
+def _where(error: Any, whole: str) -> str:
+    return "/".join(str(p) for p in error.absolute_path) or whole
+
+
 def validate(schema: dict[str, Any], value: Any, *, worker: str, cache: dict[str, Any]) -> None:
     """Raise InvalidInput saying where `value` breaks `schema`."""
-    validator = cache.get("input_validator")
-    if validator is None:
-        validator = cache["input_validator"] = Draft202012Validator(schema)
-    error = next(iter(sorted(validator.iter_errors(value), key=lambda e: e.path)), None)
-    if error is None:
-        return
-    where = "/".join(str(p) for p in error.absolute_path) or "(the input)"
-    raise InvalidInput(
-        f"Input for worker {worker!r} does not match its input_schema at {where}: {error.message}"
-    )
-
-
-def validate_output(schema: dict[str, Any], value: Any, *, worker: str, cache: dict[str, Any]):
-    """A code worker's output must match its output_schema, as a model's would."""
-    from .errors import InvalidOutput
-
-    validator = cache.get("output_validator")
-    if validator is None:
-        validator = cache["output_validator"] = Draft202012Validator(schema)
-    error = next(iter(sorted(validator.iter_errors(value), key=lambda e: e.path)), None)
+    error = _first_error(schema, value, cache, "input_validator")
     if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(the output)"
+        raise InvalidInput(
+            f"Input for worker {worker!r} does not match its input_schema at "
+            f"{_where(error, '(the input)')}: {error.message}"
+        )
+
+
+def validate_output(
+    schema: dict[str, Any], value: Any, *, worker: str, cache: dict[str, Any]
+) -> None:
+    """A code worker's output must match its output_schema, as a model's would."""
+    error = _first_error(schema, value, cache, "output_validator")
+    if error is not None:
         raise InvalidOutput(
             f"Worker {worker!r} returned output that does not match its output_schema at "
-            f"{where}: {error.message}"
+            f"{_where(error, '(the output)')}: {error.message}"
         )

@@ -3,13 +3,11 @@ SameSite=Strict cookie, which `fetch` and `EventSource` then send by themselves.
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 
 from app.api.deps import SettingsDep
-from app.api.security import COOKIE
+from app.api.security import COOKIE, token_matches
 
 router = APIRouter(include_in_schema=False)
 
@@ -18,8 +16,8 @@ router = APIRouter(include_in_schema=False)
 async def login(request: Request, settings: SettingsDep) -> RedirectResponse:
     form = await request.form()
     token = str(form.get("token", ""))
-    expected = settings.api_token or ""
-    if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+    expected = settings.api_token.encode() if settings.api_token else None
+    if not token_matches(token, expected):
         return RedirectResponse("/#login-failed", status_code=303)
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(
