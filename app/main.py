@@ -14,6 +14,7 @@ from app.api import errors
 from app.api.routes import approvals, auth, health, runs, web, workers
 from app.api.security import Guard
 from app.runs import RunManager, RunStore, open_store
+from app.runs.bus import open_bus
 from app.runtime import ModelResolver, RuntimeConfig, WorkerRegistry
 from app.settings import Settings
 
@@ -41,9 +42,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = WorkerRegistry(settings.workers_dir)
         store = open_store(settings.resolved_store_url)
         await store.open()
+        bus = open_bus(settings.bus_url, replica_id=settings.replica_id, lease_s=settings.lease_s)
         manager = RunManager(
             registry,
             store=store,
+            bus=bus,
             config=RuntimeConfig(
                 default_model=settings.default_model,
                 max_depth=settings.max_depth,
@@ -61,15 +64,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.default_model,
             "" if settings.model else " (offline; set LLM_DO_MODEL for a real provider)",
         )
+        await bus.open(store, manager.on_control)
         await manager.recover()
         app.state.runs = manager  # for the server's signal handler (see cli.serve)
-        janitor = asyncio.create_task(_retention(store, settings), name="llm-do-retention")
+        tasks = [asyncio.create_task(_retention(store, settings), name="llm-do-retention")]
+        if bus.shared:
+            tasks.append(asyncio.create_task(manager.watch_leases(), name="llm-do-leases"))
         try:
             yield {"settings": settings, "runs": manager}
         finally:
-            janitor.cancel()
-            await asyncio.gather(janitor, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await manager.shutdown()
+            await bus.close()
             await store.close()
 
     app = FastAPI(

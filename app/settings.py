@@ -39,6 +39,20 @@ class Settings(BaseSettings):
         description="Run store: sqlite:///PATH, postgresql://... or memory:// "
         "(default: SQLite in the data dir)",
     )
+    bus_url: str | None = Field(
+        None,
+        description="Bus shared by several replicas: redis://HOST:PORT/DB "
+        "(unset: in-process, one replica)",
+    )
+    lease_s: float = Field(
+        30,
+        gt=0,
+        description="Seconds after which a silent replica's runs are ended as `interrupted`",
+    )
+    replica_id: str | None = Field(
+        None,
+        description="This replica's name in run records and /healthz (default: host-pid-random)",
+    )
     retention_days: float | None = Field(
         30, gt=0, description="Ended runs older than this many days are deleted (unset: kept)"
     )

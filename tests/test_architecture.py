@@ -84,6 +84,7 @@ def test_runtime_public_surface_is_pinned():
         "RunResult",
         "RuntimeConfig",
         "SandboxViolation",
+        "StoreUnavailable",
         "TooManyRuns",
         "Unavailable",
         "UsageLimitReached",

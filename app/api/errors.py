@@ -38,6 +38,7 @@ STATUS: dict[type[rt.LlmDoError], int] = {
     rt.InvalidOutput: 500,
     rt.TooManyRuns: 429,
     rt.Unavailable: 503,
+    rt.StoreUnavailable: 503,
     rt.ApprovalNotFound: 404,
     rt.ApprovalAlreadyDecided: 409,
 }

@@ -6,6 +6,10 @@ that goes away asks for a cancel (or not, with on_disconnect=continue), it does 
 kill the task. Every event is encoded once, appended to the run's in-memory log
 (followers read it live) and queued for the store. The terminal event is held back
 until it and the final record are durable: a run counts as ended only then.
+
+With several replicas (a shared bus, see bus.py) a run lives on the replica that
+started it; the others follow it through the bus, send it cancels and decisions
+through the bus, and end it as `interrupted` when its owner's lease lapses (`reap`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -26,18 +31,22 @@ from app.runtime import (
     Attachment,
     DecisionKind,
     Event,
+    LlmDoError,
     ModelResolver,
     RunAlreadyEnded,
     RunNotFound,
     RunResult,
     RuntimeConfig,
+    StoreUnavailable,
     TooManyRuns,
     Unavailable,
     WorkerRegistry,
     WorkerRun,
 )
+from app.runtime.errors import from_dict
 from app.runtime.events import RunFailed
 
+from .bus import Bus, LocalBus
 from .log import RunLog
 from .memory import MemoryRunStore
 from .records import RunRecord
@@ -66,16 +75,17 @@ def _finish_from_terminal(record: RunRecord, seq: int, type_: str, data: bytes) 
 class RunHandle:
     """A live (or just finished) run: its runtime object, record, frames and result."""
 
-    __slots__ = ("_store", "_terminal", "log", "record", "result", "run", "task")
+    __slots__ = ("_bus", "_store", "_terminal", "log", "record", "result", "run", "task")
 
     run: WorkerRun
 
-    def __init__(self, record: RunRecord, store: RunStore) -> None:
+    def __init__(self, record: RunRecord, store: RunStore, bus: Bus) -> None:
         self.record = record
-        self.log = RunLog()
+        self.log = RunLog(hold=bus.shared)
         self.task: asyncio.Task[RunResult] | None = None
         self.result: RunResult | None = None
         self._store = store
+        self._bus = bus if bus.shared else None
         self._terminal: bytes | None = None
 
     @property
@@ -90,6 +100,16 @@ class RunHandle:
             self._terminal = sse  # sent once it is durable (see RunManager._drive)
         else:
             self.log.append(sse)
+            if self._bus is not None:
+                self._bus.publish(self.record.run_id, self.log)
+
+    def end_log(self) -> None:
+        """Show the terminal frame (once the end is durable) and close the log."""
+        if self._terminal is not None:
+            self.log.append(self._terminal)
+        self.log.close()
+        if self._bus is not None:
+            self._bus.publish(self.record.run_id, self.log)
 
     def approvals_changed(self) -> None:
         record = self.record
@@ -114,6 +134,7 @@ class RunManager:
         registry: WorkerRegistry,
         *,
         store: RunStore | None = None,
+        bus: Bus | None = None,
         config: RuntimeConfig | None = None,
         models: ModelResolver | None = None,
         default_approval: ApprovalMode = "prompt",
@@ -125,6 +146,8 @@ class RunManager:
         self.grace_s = grace_s
         self.registry = registry
         self.store: RunStore = store or MemoryRunStore()
+        self.bus: Bus = bus or LocalBus()
+        self.store.on_failure = self._store_failed
         self.config = config or RuntimeConfig()
         self.models = models or ModelResolver()
         self.default_approval = default_approval
@@ -150,41 +173,94 @@ class RunManager:
         for handle in list(self._live.values()):
             handle.run.cancel(reason, interrupted=True)
 
+    @property
+    def replica_id(self) -> str:
+        return self.bus.replica_id
+
     async def recover(self) -> list[str]:
-        """At start-up: runs the store still thinks are going were cut off by a stop or a
-        crash. Each ends `interrupted`, with a terminal `run.failed` event after its last."""
+        """At start-up: end the runs the store still thinks are going whose process is
+        gone (a stop or a crash of this one; with several replicas, a dead replica's)."""
         self._loop = asyncio.get_running_loop()
+        return await self.reap()
+
+    async def reap(self) -> list[str]:
+        """End as `interrupted` every stored unfinished run no live process owns: not
+        one of ours, and its owner's lease has lapsed. Each gets a terminal `run.failed`
+        after its last event, written once (one replica claims it). Returns their ids."""
+        records = [r for r in await self.store.unfinished() if r.run_id not in self._live]
+        if not records:
+            return []
+        others = {r.owner for r in records if r.owner and r.owner != self.replica_id}
+        alive = await self.bus.alive(others) if others else set()
+        dead = [r for r in records if r.owner not in alive]
+        if not dead or not await self.bus.can_judge():
+            return []
         ids = []
-        for record in await self.store.unfinished():
-            last = await self.store.events(record.run_id, max(record.last_seq - 1, 0), 1)
-            if last and last[0][1] in TERMINAL_TYPES:
-                # The terminal event was stored but the final record was not: finish it.
-                _finish_from_terminal(record, last[0][0], last[0][1], last[0][2])
-                self.store.update(record)
-                continue
-            seq = record.last_seq + 1
-            error = {
-                "type": "interrupted",
-                "message": "the service stopped while this run was in flight",
-            }
-            event = RunFailed(
-                run_id=record.run_id,
-                worker=record.worker,
-                path=(record.worker,),
-                call_id=record.run_id,
-                seq=seq,
-                error=error,
-            )
-            data, _ = encode(event)
-            self.store.append(record.run_id, seq, event.type, data)
-            record.status, record.error, record.last_seq = "interrupted", error, seq
-            record.finished_at = time.time()
-            self.store.update(record)
-            ids.append(record.run_id)
-        await self.store.flush()
+        for record in dead:
+            if await self.bus.claim(record.run_id) and await self._interrupt_stored(record):
+                ids.append(record.run_id)
         if ids:
-            log.warning("marked %d run(s) interrupted by the last stop: %s", len(ids), ids)
+            log.warning("marked %d run(s) of stopped processes interrupted: %s", len(ids), ids)
         return ids
+
+    async def _interrupt_stored(self, record: RunRecord) -> bool:
+        """End one run whose owner is gone; False when it had in fact ended."""
+        store, run_id = self.store, record.run_id
+        last = await store.events(run_id, max(record.last_seq - 1, 0), 2)
+        # Events that reached the bus but not the store (the owner died between the two).
+        extra = await self.bus.frames_after(run_id, record.last_seq)
+        for seq, type_, data in extra:
+            store.append(run_id, seq, type_, data)
+        final = (extra or last)[-1] if (extra or last) else None
+        if final is not None and final[1] in TERMINAL_TYPES:
+            # The terminal event was stored (or published) but the final record was not.
+            _finish_from_terminal(record, *final)
+            store.update(record)
+            await store.flush()
+            return False
+        seq = (final[0] if final else record.last_seq) + 1
+        if self.bus.shared and record.owner:
+            why = f"replica {record.owner!r}, which ran it, stopped (its lease lapsed)"
+        else:
+            why = "the service stopped while this run was in flight"
+        error = {"type": "interrupted", "message": why}
+        event = RunFailed(
+            run_id=run_id,
+            worker=record.worker,
+            path=(record.worker,),
+            call_id=run_id,
+            seq=seq,
+            error=error,
+        )
+        data, sse = encode(event)
+        store.append(run_id, seq, event.type, data)
+        record.status, record.error, record.last_seq = "interrupted", error, seq
+        record.finished_at = time.time()
+        store.update(record)
+        await store.flush()
+        await self.bus.publish_frames(run_id, seq, sse)  # followers elsewhere see the end
+        return True
+
+    async def watch_leases(self) -> None:
+        """With several replicas: now and then, reap the runs of replicas that died."""
+        while True:
+            await asyncio.sleep(self.bus.beat_s * random.uniform(0.8, 1.2))
+            try:
+                await self.reap()
+            except Exception as exc:  # the store or the bus is down: try again next time
+                log.warning("lease check failed: %s", exc)
+
+    def _store_failed(self, run_ids: set[str], error: BaseException) -> None:
+        """The store could not take these runs' events: end them with a typed error
+        rather than let them go on with events nobody can replay."""
+        failure = StoreUnavailable(
+            f"The run store cannot be written ({error}); the run was stopped so that no "
+            "event is lost. Its events are kept and written when the store is back"
+        )
+        for run_id in run_ids:
+            handle = self._live.get(run_id)
+            if handle is not None and handle.run.fail(failure):
+                log.error("run %s stopped: the store cannot be written: %s", run_id, error)
 
     async def shutdown(self, reason: str = "the service is shutting down") -> None:
         """Give live runs the rest of the grace period, end the others as `interrupted`,
@@ -225,9 +301,14 @@ class RunManager:
             )
         mode = approval or self.default_approval
         record = RunRecord(
-            run_id="", worker=name, status="running", created_at=time.time(), approval=mode
+            run_id="",
+            worker=name,
+            status="running",
+            created_at=time.time(),
+            approval=mode,
+            owner=self.replica_id,
         )
-        handle = RunHandle(record, self.store)
+        handle = RunHandle(record, self.store, self.bus)
         handle.run = run = WorkerRun(
             self.registry,
             name,
@@ -246,8 +327,12 @@ class RunManager:
         record.model = run.model
         record.input = input
         record.started_at = time.time()
-        await self.store.create(record)
-        self._live[run.run_id] = handle
+        self._live[run.run_id] = handle  # before the record is visible: nobody reaps it
+        try:
+            await self.store.create(record)
+        except BaseException:
+            self._live.pop(run.run_id, None)
+            raise
         handle.task = asyncio.create_task(self._drive(handle), name=f"run-{run.run_id}")
         return handle
 
@@ -275,9 +360,7 @@ class RunManager:
             except Exception:
                 log.exception("could not persist the end of run %s", handle.run_id)
             handle.record = record = final
-            if handle._terminal is not None:
-                handle.log.append(handle._terminal)
-            handle.log.close()
+            handle.end_log()
             handle.result = result
             self._live.pop(handle.run_id, None)
             self._recent[handle.run_id] = handle
@@ -294,16 +377,22 @@ class RunManager:
     def live_count(self) -> int:
         return len(self._live)
 
+    def _live_record(self, handle: RunHandle) -> dict[str, Any]:
+        pending = [p.public() for p in handle.run.state.gate.pending]
+        if not handle.record.ended:
+            handle.record.last_seq = handle.run.state.sink.seq
+        return handle.record.public(pending)
+
     async def record(self, run_id: str) -> dict[str, Any]:
         handle = self.live(run_id)
         if handle is not None:
-            pending = [p.public() for p in handle.run.state.gate.pending]
-            if not handle.record.ended:
-                handle.record.last_seq = handle.run.state.sink.seq
-            return handle.record.public(pending)
-        record = await self.store.get(run_id)
-        if record is None:
-            raise RunNotFound(f"No run with id {run_id!r}")
+            return self._live_record(handle)
+        record = await self._stored(run_id)
+        if self._elsewhere(record):
+            try:  # the owner's view: pending approvals, the live event count
+                return (await self._ask_owner(record, "record"))["record"]
+            except Unavailable:
+                pass  # the owner is unreachable: the stored record is the best answer
         return record.public()
 
     async def list(
@@ -327,9 +416,67 @@ class RunManager:
         handle = self.live(run_id)
         if handle is not None:
             return handle.log.follow(after)
-        if await self.store.get(run_id) is None:
-            raise RunNotFound(f"No run with id {run_id!r}")
+        record = await self._stored(run_id)
+        if self._elsewhere(record):
+            return self.bus.tail(run_id, after, self.store)
         return self._replay(run_id, after)
+
+    async def _stored(self, run_id: str) -> RunRecord:
+        record = await self.store.get(run_id)
+        if record is None:
+            raise RunNotFound(f"No run with id {run_id!r}")
+        return record
+
+    def _elsewhere(self, record: RunRecord) -> bool:
+        """Whether the run is going on another replica (ask it through the bus)."""
+        return self.bus.shared and not record.ended and record.owner != self.replica_id
+
+    async def _ask_owner(self, record: RunRecord, op: str, **args: Any) -> dict[str, Any]:
+        answer = await self.bus.request(
+            record.owner or "", {"op": op, "run_id": record.run_id, **args}
+        )
+        if "error" in answer:
+            raise from_dict(answer["error"])
+        return answer
+
+    async def on_control(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A request another replica sent through the bus for a run of ours; the answer
+        (or the typed error) goes back to it. Answered from local state only."""
+        run_id, op = message.get("run_id", ""), message.get("op")
+        try:
+            handle = self.live(run_id)
+            if handle is None:
+                record = await self._stored(run_id)
+                if op == "record":
+                    return {"record": record.public()}
+                if op == "approvals":
+                    return {"approvals": []}
+                if op == "decide":
+                    raise ApprovalAlreadyDecided(
+                        f"Run {run_id!r} has ended; its approvals are closed"
+                    )
+                raise RunAlreadyEnded(f"Run {run_id!r} has already ended")
+            if op == "cancel":
+                return {
+                    "status": await self._cancel_local(
+                        handle, message.get("reason") or "cancelled by request"
+                    )
+                }
+            if op == "decide":
+                handle.run.state.gate.decide(
+                    message["approval_id"],
+                    message["decision"],
+                    reason=message.get("reason"),
+                    args=message.get("args"),
+                )
+                return {}
+            if op == "record":
+                return {"record": self._live_record(handle)}
+            if op == "approvals":
+                return {"approvals": [p.public() for p in handle.run.state.gate.pending]}
+            return {"error": {"type": "error", "message": f"unknown request {op!r}"}}
+        except LlmDoError as exc:
+            return {"error": exc.as_dict()}
 
     async def _replay(self, run_id: str, after: int) -> AsyncIterator[bytes]:
         while True:
@@ -340,6 +487,7 @@ class RunManager:
             after = rows[-1][0]
 
     def cancel(self, run_id: str, reason: str = "cancelled by request") -> RunHandle:
+        """Cancel a run of this process (see cancel_and_wait for any replica's)."""
         handle = self._live.get(run_id)
         if handle is None or not handle.run.cancel(reason):
             if handle is None and self._recent.get(run_id) is None:
@@ -347,15 +495,20 @@ class RunManager:
             raise RunAlreadyEnded(f"Run {run_id!r} has already ended")
         return handle
 
+    async def _cancel_local(self, handle: RunHandle, reason: str) -> str:
+        if not handle.run.cancel(reason):
+            raise RunAlreadyEnded(f"Run {handle.run_id!r} has already ended")
+        return (await handle.wait()).status
+
     async def cancel_and_wait(self, run_id: str, reason: str = "cancelled by request") -> str:
-        try:
-            handle = self.cancel(run_id, reason)
-        except RunNotFound:
-            if await self.store.get(run_id) is not None:
-                raise RunAlreadyEnded(f"Run {run_id!r} has already ended") from None
-            raise
-        result = await handle.wait()
-        return result.status
+        """Cancel the run wherever it runs; its final status, once it has ended."""
+        handle = self._live.get(run_id) or self._recent.get(run_id)
+        if handle is not None:
+            return await self._cancel_local(handle, reason)
+        record = await self._stored(run_id)
+        if self._elsewhere(record):
+            return (await self._ask_owner(record, "cancel", reason=reason))["status"]
+        raise RunAlreadyEnded(f"Run {run_id!r} has already ended")
 
     # ---- approvals ------------------------------------------------------------------
 
@@ -363,8 +516,9 @@ class RunManager:
         handle = self.live(run_id)
         if handle is not None:
             return [p.public() for p in handle.run.state.gate.pending]
-        if await self.store.get(run_id) is None:
-            raise RunNotFound(f"No run with id {run_id!r}")
+        record = await self._stored(run_id)
+        if self._elsewhere(record):
+            return (await self._ask_owner(record, "approvals"))["approvals"]
         return []
 
     async def decide(
@@ -376,10 +530,21 @@ class RunManager:
         reason: str | None = None,
         args: dict[str, Any] | None = None,
     ) -> None:
-        """Deliver a person's decision to the run's gate (the only place that decides)."""
+        """Deliver a person's decision to the run's gate (the only place that decides),
+        on whichever replica runs it."""
         handle = self.live(run_id)
-        if handle is None:
-            if await self.store.get(run_id) is None:
-                raise RunNotFound(f"No run with id {run_id!r}")
-            raise ApprovalAlreadyDecided(f"Run {run_id!r} has ended; its approvals are closed")
-        handle.run.state.gate.decide(approval_id, decision, reason=reason, args=args)
+        if handle is not None:
+            handle.run.state.gate.decide(approval_id, decision, reason=reason, args=args)
+            return
+        record = await self._stored(run_id)
+        if self._elsewhere(record):
+            await self._ask_owner(
+                record,
+                "decide",
+                approval_id=approval_id,
+                decision=decision,
+                reason=reason,
+                args=args,
+            )
+            return
+        raise ApprovalAlreadyDecided(f"Run {run_id!r} has ended; its approvals are closed")

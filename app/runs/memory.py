@@ -7,10 +7,12 @@ import time
 from dataclasses import replace
 
 from .records import ENDED, RunRecord
-from .store import EventRow
+from .store import EventRow, FailureHook
 
 
 class MemoryRunStore:
+    on_failure: FailureHook | None = None
+
     def __init__(self) -> None:
         self._runs: dict[str, RunRecord] = {}
         self._events: dict[str, list[EventRow]] = {}
@@ -29,7 +31,9 @@ class MemoryRunStore:
         self._events.setdefault(run_id, []).append((seq, type, data))
 
     def update(self, record: RunRecord) -> None:
-        self._runs[record.run_id] = replace(record)
+        stored = self._runs.get(record.run_id)
+        if stored is None or not stored.ended:  # an ended record is final (as in SQL)
+            self._runs[record.run_id] = replace(record)
 
     async def flush(self) -> None:
         return None

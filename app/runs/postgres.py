@@ -19,11 +19,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from app.runtime import StoreUnavailable
+
 from .records import ENDED, RunRecord
-from .rows import COLUMNS, chunks, from_row, to_row, unpack
-from .store import EventRow
+from .rows import COLUMNS, NOT_ENDED, chunks, from_row, to_row, unpack
+from .store import EventRow, FailureHook
 
 LINGER_S = 0.05
+RETRY_S = 1.0  # a failed write is tried again this often, until the database is back
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -39,8 +43,10 @@ CREATE TABLE IF NOT EXISTS runs (
     output TEXT,
     error TEXT,
     usage TEXT,
-    last_seq BIGINT NOT NULL DEFAULT 0
+    last_seq BIGINT NOT NULL DEFAULT 0,
+    owner TEXT
 );
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner TEXT;
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at DESC);
 CREATE TABLE IF NOT EXISTS event_chunks (
     run_id TEXT NOT NULL,
@@ -52,15 +58,19 @@ CREATE TABLE IF NOT EXISTS event_chunks (
 );
 """
 
-_UPSERT = """
+_UPSERT = (
+    """
 INSERT INTO runs (run_id, worker, status, created_at, started_at, finished_at, model, approval,
-                  input, output, error, usage, last_seq)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                  input, output, error, usage, last_seq, owner)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (run_id) DO UPDATE SET
     status = excluded.status, started_at = excluded.started_at,
     finished_at = excluded.finished_at, model = excluded.model, output = excluded.output,
-    error = excluded.error, usage = excluded.usage, last_seq = excluded.last_seq
-"""
+    error = excluded.error, usage = excluded.usage, last_seq = excluded.last_seq,
+    owner = excluded.owner
+WHERE """
+    + NOT_ENDED
+)
 _INSERT_CHUNK = "INSERT INTO event_chunks VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
 
 
@@ -73,6 +83,8 @@ def _split_url(url: str) -> tuple[str, str]:
 
 
 class PostgresRunStore:
+    on_failure: FailureHook | None = None
+
     def __init__(self, url: str) -> None:
         self.url, self.schema = _split_url(url)
         self._pool: asyncpg.Pool | None = None
@@ -86,7 +98,12 @@ class PostgresRunStore:
     async def open(self) -> None:
         schema = self.schema.replace('"', "")
         self._pool = await asyncpg.create_pool(
-            self.url, min_size=1, max_size=4, server_settings={"search_path": schema}
+            self.url,
+            min_size=1,
+            max_size=4,
+            server_settings={"search_path": schema},
+            timeout=5,  # connecting
+            command_timeout=10,
         )
         async with self._pool.acquire() as conn:
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
@@ -145,23 +162,31 @@ class PostgresRunStore:
                             await conn.executemany(_UPSERT, list(runs.values()))
                         if events:
                             await conn.executemany(_INSERT_CHUNK, chunks(events))
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except _DB_ERRORS as exc:
                 error = exc
                 self._events = events + self._events  # keep them for the next attempt
                 self._runs = {**runs, **self._runs}
+                asyncio.get_running_loop().call_later(RETRY_S, self._pending.set)
+                if self.on_failure is not None:
+                    self.on_failure({e[0] for e in events} | set(runs), exc)
             for waiter in waiters:
                 if waiter.done():
                     continue
                 if error is None:
                     waiter.set_result(None)
                 else:
-                    waiter.set_exception(RuntimeError(f"the run store failed: {error}"))
+                    waiter.set_exception(
+                        StoreUnavailable(f"The run store (PostgreSQL) cannot be written: {error}")
+                    )
 
     # ---- reads ----------------------------------------------------------------------
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         assert self._pool is not None
-        return await self._pool.fetch(sql, *args)
+        try:
+            return await self._pool.fetch(sql, *args)
+        except _DB_ERRORS as exc:
+            raise StoreUnavailable(f"The run store (PostgreSQL) cannot be read: {exc}") from exc
 
     async def get(self, run_id: str) -> RunRecord | None:
         rows = await self._fetch(f"SELECT {COLUMNS} FROM runs WHERE run_id = $1", run_id)

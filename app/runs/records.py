@@ -26,6 +26,7 @@ class RunRecord:
     error: dict[str, str] | None = None
     usage: dict[str, int] | None = None
     last_seq: int = 0
+    owner: str | None = None  # the replica that runs (or ran) it
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -47,5 +48,6 @@ class RunRecord:
             "error": self.error,
             "usage": self.usage,
             "events": self.last_seq,
+            "replica": self.owner,
             "pending_approvals": pending_approvals or [],
         }

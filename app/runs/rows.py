@@ -11,7 +11,7 @@ from .store import EventRow
 
 COLUMNS = (
     "run_id, worker, status, created_at, started_at, finished_at, model, approval, "
-    "input, output, error, usage, last_seq"
+    "input, output, error, usage, last_seq, owner"
 )
 
 
@@ -45,6 +45,11 @@ def chunks(events: list[tuple[str, int, str, bytes]]) -> list[tuple[str, int, in
     return rows
 
 
+# An ended run's record is final: a late write (a replica that lost its lease and still
+# finishes the run) cannot turn an `interrupted` run back into a `succeeded` one.
+NOT_ENDED = "runs.status NOT IN ('succeeded', 'failed', 'cancelled', 'interrupted')"
+
+
 def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str)
 
@@ -69,6 +74,7 @@ def to_row(record: RunRecord) -> tuple[Any, ...]:
         _dump(r.error),
         _dump(r.usage),
         r.last_seq,
+        r.owner,
     )
 
 
@@ -87,6 +93,7 @@ def from_row(row: tuple[Any, ...]) -> RunRecord:
         error=_load(row[10]),
         usage=_load(row[11]),
         last_seq=row[12],
+        owner=row[13],
     )
 
 

@@ -19,9 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from app.runtime import StoreUnavailable
+
 from .records import ENDED, RunRecord
-from .rows import COLUMNS, chunks, from_row, to_row, unpack
-from .store import EventRow
+from .rows import COLUMNS, NOT_ENDED, chunks, from_row, to_row, unpack
+from .store import EventRow, FailureHook
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -37,7 +39,8 @@ CREATE TABLE IF NOT EXISTS runs (
     output TEXT,
     error TEXT,
     usage TEXT,
-    last_seq INTEGER NOT NULL DEFAULT 0
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at DESC);
 CREATE TABLE IF NOT EXISTS event_chunks (
@@ -50,15 +53,19 @@ CREATE TABLE IF NOT EXISTS event_chunks (
 CREATE UNIQUE INDEX IF NOT EXISTS event_chunks_by_run ON event_chunks (run_id, first_seq);
 """
 
-_UPSERT = """
+_UPSERT = (
+    """
 INSERT INTO runs (run_id, worker, status, created_at, started_at, finished_at, model, approval,
-                  input, output, error, usage, last_seq)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  input, output, error, usage, last_seq, owner)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (run_id) DO UPDATE SET
     status = excluded.status, started_at = excluded.started_at,
     finished_at = excluded.finished_at, model = excluded.model, output = excluded.output,
-    error = excluded.error, usage = excluded.usage, last_seq = excluded.last_seq
-"""
+    error = excluded.error, usage = excluded.usage, last_seq = excluded.last_seq,
+    owner = excluded.owner
+WHERE """
+    + NOT_ENDED
+)
 _INSERT_CHUNK = "INSERT OR IGNORE INTO event_chunks VALUES (?, ?, ?, ?, ?)"
 
 
@@ -75,6 +82,8 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 class SqliteRunStore:
+    on_failure: FailureHook | None = None  # a local file: a failed write is reported by flush
+
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -93,6 +102,9 @@ class SqliteRunStore:
         def init() -> None:
             conn = _connect(self.path)
             conn.executescript(SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+            if "owner" not in columns:  # a store made before runs had owners
+                conn.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
             conn.close()
 
         await asyncio.to_thread(init)
@@ -134,7 +146,9 @@ class SqliteRunStore:
         self._urgent.set()
         await done
         if self._error is not None:
-            raise RuntimeError(f"the run store failed: {self._error}") from self._error
+            raise StoreUnavailable(f"The run store cannot be written: {self._error}") from (
+                self._error
+            )
 
     def _write_loop(self) -> None:
         conn = _connect(self.path)

@@ -9,6 +9,7 @@ manager has flushed its terminal event and record.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from .records import RunRecord
@@ -16,7 +17,13 @@ from .records import RunRecord
 EventRow = tuple[int, str, bytes]  # (seq, type, data)
 
 
+FailureHook = Callable[[set[str], BaseException], None]
+
+
 class RunStore(Protocol):
+    on_failure: FailureHook | None
+    """Told which runs' events could not be written (the manager fails those runs)."""
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -31,7 +38,7 @@ class RunStore(Protocol):
         """Queue the record's current state (status, output, ...)."""
 
     async def flush(self) -> None:
-        """Wait until everything queued so far is durable."""
+        """Wait until everything queued so far is durable; StoreUnavailable if it is not."""
 
     async def get(self, run_id: str) -> RunRecord | None: ...
 

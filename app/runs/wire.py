@@ -21,3 +21,22 @@ def encode(event: Event) -> tuple[bytes, bytes]:
     """(JSON data, SSE frame) of one event."""
     data = pydantic_core.to_json(event, serialize_unknown=True)
     return data, b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), data)
+
+
+def unframe(frames: bytes) -> list[tuple[int, str, bytes]]:
+    """SSE frames made by `frame` back into (seq, type, data) rows."""
+    rows = []
+    for part in frames.split(b"\n\n"):
+        if part:
+            id_line, event_line, data_line = part.split(b"\n", 2)
+            rows.append((int(id_line[4:]), event_line[7:].decode(), data_line[6:]))
+    return rows
+
+
+def drop_frames(frames: bytes, count: int) -> bytes:
+    """`frames` without its first `count` frames (a frame ends with a blank line; its
+    JSON data never holds a raw newline)."""
+    pos = 0
+    for _ in range(count):
+        pos = frames.index(b"\n\n", pos) + 2
+    return frames[pos:]

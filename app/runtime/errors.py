@@ -17,7 +17,8 @@
     ├── RunNotFound                 no run by that id
     ├── RunAlreadyEnded             cancel of a run that has ended
     ├── TooManyRuns                 the run limit is reached (retry_after)
-    ├── Unavailable                 the service is stopping (retry_after)
+    ├── Unavailable                 the service is stopping, or a replica/the bus cannot be reached
+    │   └── StoreUnavailable        the run store (PostgreSQL) cannot be written or read
     ├── ToolCallFailed              a ctx file operation refused or failed (the tool's message)
     ├── ApprovalDenied              a ctx operation that needed approval was denied
     ├── InvalidOutput               a code worker returned something its output_schema refuses
@@ -29,6 +30,8 @@ Foreign exceptions (PydanticAI's) are translated once, in `translate`, raised `f
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic_ai import exceptions as pai_exc
 
@@ -132,6 +135,10 @@ class Unavailable(LlmDoError):
         self.retry_after = retry_after
 
 
+class StoreUnavailable(Unavailable):
+    type = "store_unavailable"
+
+
 class ToolCallFailed(LlmDoError):
     type = "tool_failed"
 
@@ -154,6 +161,23 @@ class ApprovalNotFound(LlmDoError):
 
 class ApprovalAlreadyDecided(LlmDoError):
     type = "approval_already_decided"
+
+
+def from_dict(error: dict[str, Any]) -> LlmDoError:
+    """Rebuild a typed error from its wire form (`as_dict`), e.g. one another replica sent."""
+    classes: list[type[LlmDoError]] = [LlmDoError]
+    for cls in classes:  # grows while it is walked: every subclass, breadth first
+        classes.extend(cls.__subclasses__())
+    found = next((c for c in classes if c.type == error.get("type")), LlmDoError)
+    exc = found.__new__(found)
+    LlmDoError.__init__(exc, str(error.get("message", "")))
+    if isinstance(exc, TooManyRuns | Unavailable | ProviderError):
+        exc.retry_after = error.get("retry_after", 5)
+    if isinstance(exc, ProviderError):
+        exc.status = None
+    if isinstance(exc, InvalidWorker):
+        exc.path = exc.field = None
+    return exc
 
 
 def translate(exc: BaseException, *, model: str) -> LlmDoError | None:

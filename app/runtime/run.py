@@ -235,6 +235,7 @@ class WorkerRun:
         self._task: asyncio.Task[Any] | None = None
         self._cancel_reason: str | None = None
         self._interrupted = False
+        self._failure: LlmDoError | None = None
         self._ended = False
 
     @property
@@ -259,6 +260,14 @@ class WorkerRun:
         self._interrupted = interrupted
         self._task.cancel(reason)
         return True
+
+    def fail(self, error: LlmDoError) -> bool:
+        """End the run now as `failed` with `error`, for a cause outside the worker (its
+        events cannot be stored, say); False when it is not running."""
+        if self.cancel(error.message):
+            self._failure = error
+            return True
+        return False
 
     async def execute(self) -> RunResult:
         """Run to the end; the terminal event has been emitted when this returns."""
@@ -307,6 +316,10 @@ class WorkerRun:
                 raise  # not ours (e.g. the process is stopping): let it propagate
             self._task.uncancel()
             totals = usage_dict(usage)
+            if self._failure is not None:
+                error = self._failure.as_dict()
+                emit(RunFailed(**base, error=error, usage=totals))
+                return RunResult(self.run_id, "failed", usage=totals, error=error)
             if self._interrupted:
                 error = {"type": "interrupted", "message": self._cancel_reason}
                 emit(RunFailed(**base, error=error, usage=totals))

@@ -87,7 +87,7 @@ async def test_the_service_keeps_serving_after_faults(faulty: Service) -> None:
     async with httpx.AsyncClient(base_url=faulty.url, timeout=10) as client:
         r = await client.post("/workers/plain/run", json={"input": "still here", "model": "echo"})
         assert r.json()["status"] == "succeeded"
-        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        assert (await client.get("/healthz")).json()["status"] == "ok"
 
 
 @pytest.mark.parametrize(
