@@ -429,7 +429,8 @@ class RunManager:
 
     def _elsewhere(self, record: RunRecord) -> bool:
         """Whether the run is going on another replica (ask it through the bus)."""
-        return self.bus.shared and not record.ended and record.owner != self.replica_id
+        owner = record.owner
+        return self.bus.shared and not record.ended and bool(owner) and owner != self.replica_id
 
     async def _ask_owner(self, record: RunRecord, op: str, **args: Any) -> dict[str, Any]:
         answer = await self.bus.request(

@@ -87,6 +87,7 @@ class RedisBus:
         self._dirty: dict[str, RunLog] = {}
         self._wake = asyncio.Event()
         self._down_until = 0.0
+        self._sending = False
         self._tasks: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self._beats = 0
@@ -113,6 +114,11 @@ class RedisBus:
         ]
 
     async def close(self) -> None:
+        # The last frames (the runs the shutdown ended) go out before the publisher stops.
+        deadline = time.monotonic() + 2
+        while (self._dirty or self._sending) and time.monotonic() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.01)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._handlers, return_exceptions=True)
@@ -141,6 +147,7 @@ class RedisBus:
             ]
             if not batch:
                 continue
+            self._sending = True
             if not await self._send(batch):
                 # Redis is down: the store is the other shared place an event may be
                 # before a client sees it.
@@ -154,6 +161,7 @@ class RedisBus:
             for _run_id, run_log, _start, end in batch:
                 run_log.published = max(run_log.published, end)
                 run_log.release(end)
+            self._sending = False
 
     async def _send(self, batch: list[tuple[str, RunLog, int, int]]) -> bool:
         if time.monotonic() < self._down_until:
@@ -167,7 +175,7 @@ class RedisBus:
                     )
                 await pipe.execute()
             return True
-        except _ERRORS as exc:
+        except Exception as exc:  # whatever it is, the frames must still reach the clients
             self._down_until = time.monotonic() + RETRY_AFTER_DOWN_S
             log.warning("publishing to the bus failed (%s); using the store meanwhile", exc)
             return False
