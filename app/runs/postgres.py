@@ -125,7 +125,12 @@ class PostgresRunStore:
 
     async def create(self, record: RunRecord) -> None:
         self.update(record)
-        await self.flush()
+        try:
+            await self.flush()
+        except StoreUnavailable:
+            # The client is told the run did not start: do not write it later either.
+            self._runs.pop(record.run_id, None)
+            raise
 
     def append(self, run_id: str, seq: int, type: str, data: bytes) -> None:
         self._events.append((run_id, seq, type, data))
