@@ -357,6 +357,8 @@ class RunManager:
                 await asyncio.shield(self.store.flush())
             except asyncio.CancelledError:
                 cancelled = True  # still close the log below, then let it propagate
+            except StoreUnavailable as exc:  # kept by the store, written when it is back
+                log.error("could not persist the end of run %s: %s", handle.run_id, exc)
             except Exception:
                 log.exception("could not persist the end of run %s", handle.run_id)
             handle.record = record = final

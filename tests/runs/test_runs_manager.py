@@ -32,7 +32,13 @@ from app.runs import (
     SqliteRunStore,
     frame,
 )
-from app.runtime import ModelResolver, RunAlreadyEnded, RunNotFound, WorkerRegistry
+from app.runtime import (
+    ModelResolver,
+    RunAlreadyEnded,
+    RunNotFound,
+    StoreUnavailable,
+    WorkerRegistry,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -470,3 +476,77 @@ async def test_handle_is_what_start_returns(registry: WorkerRegistry) -> None:
         await handle.wait()
     record = await manager.record(handle.run_id)
     assert (record["status"], record["output"], record["events"]) == ("succeeded", "x", 5)
+
+
+# ---- a store that cannot be written ----------------------------------------------------------
+
+
+class BreakableStore(MemoryRunStore):
+    """A memory store that, once broken, refuses writes the way the PostgreSQL store does:
+    flush raises StoreUnavailable and the runs with unwritten events are reported."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+
+    def break_now(self, pending: set[str]) -> None:
+        """The database goes away with these runs' events still unwritten."""
+        self.broken = True
+        assert self.on_failure is not None, "the manager listens for store failures"
+        self.on_failure(pending, OSError("connection refused"))
+
+    async def flush(self) -> None:
+        if self.broken:
+            raise StoreUnavailable("The run store (PostgreSQL) cannot be written: refused")
+
+    async def create(self, record: RunRecord) -> None:
+        await self.flush()
+        await super().create(record)
+
+
+def _stalling_model(started: asyncio.Event) -> FunctionModel:
+    """Streams one word, then waits for ever (until the run is stopped)."""
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        yield "first "
+        started.set()
+        await asyncio.Event().wait()
+        yield "never"
+
+    return FunctionModel(stream_function=stream, model_name="stall")
+
+
+async def test_a_run_whose_events_cannot_be_stored_fails_with_store_unavailable(
+    tmp_path: Path,
+) -> None:
+    workers = tmp_path / "workers"
+    write_worker(workers, "staller", "model: script:stall")
+    started = asyncio.Event()
+    store = BreakableStore()
+    manager = RunManager(
+        WorkerRegistry(workers),
+        store=store,
+        models=Scripted({"script:stall": _stalling_model(started)}),
+    )
+    with anyio.fail_after(10):
+        await manager.recover()
+        handle = await manager.start("staller", "go")
+        follower = handle.log.follow()
+        await started.wait()
+        # The run stops with a typed error, which the follower still gets (its frame is
+        # shown though the store refused it).
+        store.break_now({handle.run_id})
+        result = await handle.wait()
+        frames = frames_of(await read_all(follower))
+
+    assert result.status == "failed"
+    assert result.error is not None and result.error["type"] == "store_unavailable"
+    seq, kind, body = parse(frames[-1])
+    assert kind == "run.failed" and body["error"]["type"] == "store_unavailable"
+    assert "cannot be written" in body["error"]["message"]
+    assert [parse(f)[0] for f in frames] == list(range(1, seq + 1))
+
+    with anyio.fail_after(10):  # and a new run is refused with the same typed error
+        with pytest.raises(StoreUnavailable):
+            await manager.start("staller", "again")
+    assert manager.live_count == 0

@@ -116,6 +116,24 @@ async def test_create_then_get_round_trips_every_field(store: RunStore) -> None:
     assert await store.get("nope") is None
 
 
+async def test_owner_round_trips_and_an_ended_record_is_final(store: RunStore) -> None:
+    """With several replicas, a replica that lost its lease may still finish a run a survivor
+    already ended as interrupted: the first end stays."""
+    record = make("r1", owner="replica-a")
+    await store.create(record)
+    stored = await store.get("r1")
+    assert stored is not None and stored.owner == "replica-a"
+    record.status, record.error = "interrupted", {"type": "interrupted", "message": "lost"}
+    store.update(record)
+    await store.flush()
+    late = make("r1", owner="replica-a", status="succeeded", output="late")
+    store.update(late)
+    await store.flush()
+    final = await store.get("r1")
+    assert final is not None
+    assert (final.status, final.output, final.error) == ("interrupted", None, record.error)
+
+
 async def test_update_is_a_snapshot_made_durable_by_flush(store: RunStore) -> None:
     record = make("r1", input="in")
     await store.create(record)
