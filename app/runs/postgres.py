@@ -99,7 +99,7 @@ class PostgresRunStore:
         schema = self.schema.replace('"', "")
         self._pool = await asyncpg.create_pool(
             self.url,
-            min_size=1,
+            min_size=0,  # no floor to restore (and log about) while the server is away
             max_size=4,
             server_settings={"search_path": schema},
             timeout=5,  # connecting
