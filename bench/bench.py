@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,13 @@ def words(n: int) -> str:
     return " ".join(f"w{i:05d}" for i in range(n))
 
 
+def pid_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far, all threads (OSError once it is gone)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
 # ---- servers ----------------------------------------------------------------------
 
 
@@ -92,6 +101,11 @@ class Server:
     @property
     def run_url(self) -> str:
         return f"{self.url}/workers/{WORKER}/run"
+
+    @property
+    def urls(self) -> list[str]:
+        """The base URLs requests are spread over (one; replicas.py has groups of several)."""
+        return [self.url]
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,9 +150,7 @@ class Server:
     def cpu_s(self) -> float:
         """User + system CPU seconds of the server process so far (10 ms resolution)."""
         assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+        return pid_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
         proc = self.proc
@@ -153,38 +165,94 @@ class Server:
         log(f"{self.name}: stopped pid {proc.pid} (exit {proc.returncode})")
 
 
-def make_servers(data_dir: Path, run_tag: str, *, store_off: bool) -> list[Server]:
-    """service, baseline and, with `store_off`, the service on the in-memory run store."""
+def base_env() -> dict[str, str]:
+    """Our environment without any LLM_DO_* variable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_DO_")}
     env["PYTHONUNBUFFERED"] = "1"
-    service_env = {
-        **env,
+    return env
+
+
+def service_env(data_dir: Path) -> dict[str, str]:
+    return {
+        **base_env(),
         "LLM_DO_LOG_LEVEL": "warning",
         "LLM_DO_DATA_DIR": str(data_dir),  # a fresh store each time, deleted afterwards
     }
+
+
+def free_ports(n: int) -> list[int]:
     ports: list[int] = []
-    while len(ports) < 3:
+    while len(ports) < n:
         if (port := free_port()) not in ports:
             ports.append(port)
+    return ports
 
-    def service(name: str, port: int, env: dict[str, str]) -> Server:
-        cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
-        cmd += ["--workers", str(REPO / "workers")]
-        return Server(name, cmd, env, port, RESULTS / f"{run_tag}-{name}.log")
 
-    servers = [
-        service(SERVICE, ports[0], service_env),
-        Server(
-            BASELINE,
-            [sys.executable, str(BENCH / "baseline.py"), "--port", str(ports[1])],
-            env,
-            ports[1],
-            RESULTS / f"{run_tag}-{BASELINE}.log",
-        ),
-    ]
+def service_server(name: str, port: int, env: dict[str, str], run_tag: str) -> Server:
+    """`llm-do serve` on `port` with ./workers."""
+    cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+    cmd += ["--workers", str(REPO / "workers")]
+    return Server(name, cmd, env, port, RESULTS / f"{run_tag}-{name}.log")
+
+
+def baseline_server(port: int, run_tag: str) -> Server:
+    cmd = [sys.executable, str(BENCH / "baseline.py"), "--port", str(port)]
+    return Server(BASELINE, cmd, base_env(), port, RESULTS / f"{run_tag}-{BASELINE}.log")
+
+
+def make_servers(data_dir: Path, run_tag: str, *, store_off: bool) -> list[Server]:
+    """service, baseline and, with `store_off`, the service on the in-memory run store."""
+    env = service_env(data_dir)
+    ports = free_ports(3)
+    servers = [service_server(SERVICE, ports[0], env, run_tag), baseline_server(ports[1], run_tag)]
     if store_off:
-        servers.append(service(STORE_OFF, ports[2], {**service_env, **MEMORY_STORE}))
+        servers.append(service_server(STORE_OFF, ports[2], {**env, **MEMORY_STORE}, run_tag))
     return servers
+
+
+class PrivateRedis:
+    """A throwaway `redis-server` on a free port, no persistence, stopped by its PID: its CPU
+    and command counts are the benchmark's alone, and it may be restarted (bus_choice.py,
+    `replicas.py --private-redis`)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        cmd += ["--save", "", "--appendonly", "no", "--dir", str(self.folder)]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+
+    async def ready(self) -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(self.url)
+        try:
+            for _ in range(100):
+                with contextlib.suppress(Exception):
+                    await client.ping()
+                    return
+                await asyncio.sleep(0.05)
+            raise BenchError("the private redis-server did not start")
+        finally:
+            await client.aclose()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 # ---- client -----------------------------------------------------------------------
@@ -234,32 +302,39 @@ class StreamStats:
 async def stream_run(
     client: httpx.AsyncClient, url: str, text: str, *, collect: bool = False
 ) -> StreamStats:
+    t0 = time.perf_counter()
+    headers = {"Accept": "text/event-stream"}
+    async with client.stream("POST", url, json={"input": text}, headers=headers) as resp:
+        return await read_stream(resp, f"POST {url}", t0, collect=collect)
+
+
+async def read_stream(
+    resp: httpx.Response, what: str, t0: float, *, collect: bool = False
+) -> StreamStats:
+    """Read an SSE response to its end; times are seconds since `t0` (perf_counter)."""
     pieces: list[str] | None = [] if collect else None
     deltas = 0
     t_first = t_end = None
     terminal = b""
     parser = SSEParser()
-    t0 = time.perf_counter()
-    headers = {"Accept": "text/event-stream"}
-    async with client.stream("POST", url, json={"input": text}, headers=headers) as resp:
-        if resp.status_code != 200:
-            await resp.aread()
-            raise BenchError(f"POST {url} -> {resp.status_code}: {resp.text[:300]}")
-        async for chunk in resp.aiter_raw():
-            for name, data in parser.feed(chunk):
-                if name == TEXT_DELTA:
-                    deltas += 1
-                    if t_first is None:
-                        t_first = time.perf_counter() - t0
-                    if pieces is not None:
-                        pieces.append(json.loads(data)["delta"])
-                elif name in TERMINAL and t_end is None:
-                    t_end = time.perf_counter() - t0
-                    terminal = name
+    if resp.status_code != 200:
+        await resp.aread()
+        raise BenchError(f"{what} -> {resp.status_code}: {resp.text[:300]}")
+    async for chunk in resp.aiter_raw():
+        for name, data in parser.feed(chunk):
+            if name == TEXT_DELTA:
+                deltas += 1
+                if t_first is None:
+                    t_first = time.perf_counter() - t0
+                if pieces is not None:
+                    pieces.append(json.loads(data)["delta"])
+            elif name in TERMINAL and t_end is None:
+                t_end = time.perf_counter() - t0
+                terminal = name
     if t_end is None:
-        raise BenchError(f"POST {url}: the stream ended without a terminal event")
+        raise BenchError(f"{what}: the stream ended without a terminal event")
     if terminal in (b"run.failed", b"run.cancelled"):
-        raise BenchError(f"POST {url}: the run ended with {terminal.decode()}")
+        raise BenchError(f"{what}: the run ended with {terminal.decode()}")
     return StreamStats(
         deltas, terminal.decode(), t_first, t_end, "".join(pieces) if pieces is not None else None
     )
@@ -270,17 +345,39 @@ def _limits(n: int) -> httpx.Limits:
 
 
 async def _open_connections(client: httpx.AsyncClient, server: Server, n: int) -> None:
-    """n concurrent requests make the pool open n connections before the clock starts."""
-    await asyncio.gather(*(client.get(f"{server.url}/healthz") for _ in range(n)))
+    """n concurrent requests per URL make the pool open n connections to each before the
+    clock starts."""
+    await asyncio.gather(*(client.get(f"{url}/healthz") for url in server.urls for _ in range(n)))
+
+
+Clock = Callable[[str], None]  # told "start" and "stop" around the timed part (replicas.py)
+
+
+def _no_clock(mark: str) -> None:
+    return None
 
 
 async def blocking_round(
-    server: Server, n: int, concurrency: int, text: str, *, url: str | None = None
+    server: Server,
+    n: int,
+    concurrency: int,
+    text: str,
+    *,
+    url: str | None = None,
+    clock: Clock = _no_clock,
 ) -> dict[str, Any]:
-    url = url or server.run_url
+    """n blocking runs, `concurrency` in flight; without `url`, round robin over the run URLs
+    of `server.urls` (one for a Server), each URL with a connection pool of its own."""
+    base_urls = [url.split("/workers/", 1)[0]] if url else server.urls
+    run_urls = [url] if url else [f"{u}/workers/{WORKER}/run" for u in server.urls]
     timeout = httpx.Timeout(120)
-    async with httpx.AsyncClient(limits=_limits(concurrency), timeout=timeout) as client:
-        await _open_connections(client, server, concurrency)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = []
+        for base in base_urls:
+            client = httpx.AsyncClient(limits=_limits(concurrency), timeout=timeout)
+            clients.append(await stack.enter_async_context(client))
+            await asyncio.gather(*(client.get(f"{base}/healthz") for _ in range(concurrency)))
+        targets = itertools.cycle(list(zip(clients, run_urls, strict=True)))
         remaining = n
         errors: list[str] = []
 
@@ -288,16 +385,19 @@ async def blocking_round(
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                resp = await client.post(url, json={"input": text})
+                client, run_url = next(targets)
+                resp = await client.post(run_url, json={"input": text})
                 if resp.status_code != 200:
                     errors.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
                 elif resp.json().get("output") != text:
                     errors.append(f"unexpected body: {resp.text[:200]}")
 
+        clock("start")
         cpu0, client0, t0 = server.cpu_s(), time.process_time(), time.perf_counter()
         await asyncio.gather(*(one_task() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
         cpu, client_cpu = server.cpu_s() - cpu0, time.process_time() - client0
+        clock("stop")
     if errors:
         raise BenchError(f"{server.name}: {len(errors)} of {n} blocking runs failed: {errors[0]}")
     return {
@@ -309,12 +409,24 @@ async def blocking_round(
     }
 
 
-async def stream_measure(server: Server, text: str, expect: int) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(120), limits=_limits(1)) as client:
+async def stream_measure(
+    server: Server,
+    text: str,
+    expect: int,
+    *,
+    url: str | None = None,
+    run: Callable[[httpx.AsyncClient, str, str], Awaitable[StreamStats]] = stream_run,
+    clock: Clock = _no_clock,
+) -> dict[str, Any]:
+    """One streamed run of `text` by `run` (default: POST `url`, default `server.run_url`)."""
+    limits = _limits(len(server.urls))
+    async with httpx.AsyncClient(timeout=httpx.Timeout(120), limits=limits) as client:
         await _open_connections(client, server, 1)
+        clock("start")
         cpu0, client0 = server.cpu_s(), time.process_time()
-        stats = await stream_run(client, server.run_url, text)
+        stats = await run(client, url or server.run_url, text)
         cpu, client_cpu = server.cpu_s() - cpu0, time.process_time() - client0
+        clock("stop")
     if stats.deltas != expect:
         raise BenchError(f"{server.name}: {stats.deltas} text.delta events, expected {expect}")
     return {

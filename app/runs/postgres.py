@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS owner TEXT;
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at DESC);
+CREATE INDEX IF NOT EXISTS runs_unfinished ON runs (status)
+    WHERE status IN ('running', 'waiting_approval');
 CREATE TABLE IF NOT EXISTS event_chunks (
     run_id TEXT NOT NULL,
     first_seq BIGINT NOT NULL,
@@ -105,7 +107,10 @@ class PostgresRunStore:
             timeout=5,  # connecting
             command_timeout=10,
         )
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Replicas starting together would race on CREATE ... IF NOT EXISTS (it is not
+            # atomic in PostgreSQL): one migrates at a time.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('llm-do-schema'))")
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             await conn.execute(SCHEMA)
         self._flusher = asyncio.create_task(self._flush_loop(), name="llm-do-postgres-flusher")

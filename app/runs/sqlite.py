@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS runs (
     owner TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at DESC);
+CREATE INDEX IF NOT EXISTS runs_unfinished ON runs (status)
+    WHERE status IN ('running', 'waiting_approval');
 CREATE TABLE IF NOT EXISTS event_chunks (
     run_id TEXT NOT NULL,
     first_seq INTEGER NOT NULL,
