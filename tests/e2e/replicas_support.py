@@ -4,7 +4,8 @@ sharing them.
 
 The machine's PostgreSQL and Redis are used where a test only needs them running; a test
 that stops a server starts its own on a free port rather than disturb the shared ones.
-Without them the tests skip, saying what is missing and which variable points elsewhere.
+Without them the tests skip (fail under CI, see tests/servers.py), saying what is missing and
+which variable points elsewhere.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from tests.e2e.e2e_support import Service, free_port, run_service, stop_process
+from tests.servers import missing
 
 POSTGRES = os.environ.get("LLM_DO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("LLM_DO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -52,7 +53,7 @@ def postgres_schema() -> Iterator[str]:
     try:
         asyncio.run(run(f'CREATE SCHEMA "{schema}"'))
     except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES} ({exc}); set LLM_DO_TEST_POSTGRES_URL")
+        missing(f"no PostgreSQL at {POSTGRES} ({exc}); set LLM_DO_TEST_POSTGRES_URL")
     try:
         yield f"{POSTGRES}?schema={schema}"
     finally:
@@ -64,7 +65,7 @@ def redis_bus_url() -> str:
     rest = REDIS.removeprefix("redis://").split("/")[0]
     host, _, port = rest.rpartition(":")
     if not _reachable(host or "127.0.0.1", int(port or 6379)):
-        pytest.skip(f"no Redis at {REDIS}; set LLM_DO_TEST_REDIS_URL")
+        missing(f"no Redis at {REDIS}; set LLM_DO_TEST_REDIS_URL")
     sep = "&" if "?" in REDIS else "?"
     return f"{REDIS}{sep}prefix=t{uuid.uuid4().hex[:10]}"
 
@@ -76,7 +77,7 @@ class RedisServer:
     def __init__(self, workdir: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server is not installed (Debian package redis-server)")
+            missing("redis-server is not installed (Debian package redis-server)")
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()

@@ -48,6 +48,7 @@ from tests.e2e.e2e_support import (
 )
 from tests.e2e.replicas_support import postgres_schema, redis_bus_url, redis_server, replicas
 from tests.fakes.fake_openai import FakeOpenAIServer
+from tests.servers import missing
 
 LEASE_S = 4  # LLM_DO_LEASE_S of these tests: a dead owner's runs end within it
 RETRY = b"retry: 1000\n\n"
@@ -376,7 +377,7 @@ class PostgresCluster:
             key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
         )
         if not found and shutil.which("initdb") is None:
-            pytest.skip("initdb/pg_ctl are not installed (Debian package postgresql)")
+            missing("initdb/pg_ctl are not installed (Debian package postgresql)")
         self.bin = Path(found[-1]).parent if found else Path(shutil.which("initdb") or "").parent
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="llm-do-pg-"))
@@ -387,7 +388,7 @@ class PostgresCluster:
                 user = pwd.getpwnam("postgres")
             except KeyError:
                 shutil.rmtree(self.root)
-                pytest.skip("running as root and there is no `postgres` user to run initdb as")
+                missing("running as root and there is no `postgres` user to run initdb as")
             os.chown(self.root, user.pw_uid, user.pw_gid)
             runuser = shutil.which("runuser")
             self.prefix = [runuser, "-u", "postgres", "--"] if runuser else ["su", "postgres"]
@@ -406,7 +407,7 @@ class PostgresCluster:
         done = self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
                          "--no-sync", "-E", "UTF8")  # fmt: skip
         if done.returncode != 0:
-            pytest.skip(f"initdb failed here ({' '.join(self.prefix)}): {done.stderr[-500:]}")
+            missing(f"initdb failed here ({' '.join(self.prefix)}): {done.stderr[-500:]}")
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"

@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 from app.runs import MemoryRunStore, RunRecord, RunStore, SqliteRunStore, open_store
+from tests.servers import missing
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +37,7 @@ async def _postgres_schema() -> str:
     try:
         conn = await asyncpg.connect(POSTGRES, timeout=3)
     except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES} ({exc}); set LLM_DO_TEST_POSTGRES_URL")
+        missing(f"no PostgreSQL at {POSTGRES} ({exc}); set LLM_DO_TEST_POSTGRES_URL")
     schema = f"t_{uuid.uuid4().hex[:12]}"
     await conn.close()
     return schema
