@@ -4,7 +4,8 @@ and from any `after`, holes in a run's stream are filled from the store once and
 control requests reach the named replica and come back, and leases and claims hold.
 
 The machine's Redis is used with a key prefix of each test's own (deleted afterwards); a
-test that pauses or stops Redis starts its own `redis-server`. Without Redis they skip (fail under CI).
+test that pauses or stops Redis starts its own `redis-server`. Without Redis they skip
+(fail under CI).
 """
 
 from __future__ import annotations
