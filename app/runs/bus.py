@@ -68,6 +68,10 @@ class Bus(Protocol):
     async def claim(self, run_id: str) -> bool:
         """True for exactly one replica asking to end a dead replica's run."""
 
+    def lease_lapsed_since(self, t: float) -> bool:
+        """Whether our own lease may have lapsed since monotonic time `t`: others may then
+        have taken us for dead and ended our runs."""
+
 
 class LocalBus:
     """One process: every run is local, every other owner named in the store is gone."""
@@ -109,6 +113,9 @@ class LocalBus:
 
     async def claim(self, run_id: str) -> bool:
         return True
+
+    def lease_lapsed_since(self, t: float) -> bool:
+        return False
 
 
 def open_bus(url: str | None, *, replica_id: str | None = None, lease_s: float = 30) -> Bus:

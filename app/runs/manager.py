@@ -339,6 +339,7 @@ class RunManager:
     async def _drive(self, handle: RunHandle) -> RunResult:
         record = handle.record
         result: RunResult | None = None
+        began = time.monotonic()
         try:
             result = await handle.run.execute()
             return result
@@ -365,12 +366,35 @@ class RunManager:
             handle.end_log()
             handle.result = result
             self._live.pop(handle.run_id, None)
-            self._recent[handle.run_id] = handle
-            while len(self._recent) > self._keep_finished:
-                self._recent.popitem(last=False)
+            if not cancelled and await self._superseded(final, began):
+                log.warning(
+                    "run %s was ended by another replica while this one, cut off for longer "
+                    "than its lease, still ran it; the stored end stands",
+                    handle.run_id,
+                )
+            else:
+                self._recent[handle.run_id] = handle
+                while len(self._recent) > self._keep_finished:
+                    self._recent.popitem(last=False)
             log.info("run %s %s %s", handle.run_id, record.worker, record.status)
             if cancelled:
                 raise asyncio.CancelledError
+
+    async def _superseded(self, final: RunRecord, began: float) -> bool:
+        """Whether a survivor reaped this run while our lease was lapsed: the store then
+        keeps its end (an ended record is final), and so must our answers, so the run is
+        not kept among the recent ones (GET and replays then read the store)."""
+        if not self.bus.lease_lapsed_since(began):
+            return False
+        try:
+            stored = await self.store.get(final.run_id)
+        except StoreUnavailable:
+            return False
+        return stored is not None and (stored.status, stored.error, stored.last_seq) != (
+            final.status,
+            final.error,
+            final.last_seq,
+        )
 
     def live(self, run_id: str) -> RunHandle | None:
         return self._live.get(run_id) or self._recent.get(run_id)

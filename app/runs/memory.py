@@ -28,6 +28,9 @@ class MemoryRunStore:
         self._events.setdefault(record.run_id, [])
 
     def append(self, run_id: str, seq: int, type: str, data: bytes) -> None:
+        stored = self._runs.get(run_id)
+        if stored is not None and stored.ended and seq > stored.last_seq:
+            return  # nothing past an ended run's terminal event (as in SQL)
         self._events.setdefault(run_id, []).append((seq, type, data))
 
     def update(self, record: RunRecord) -> None:

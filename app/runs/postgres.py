@@ -22,7 +22,7 @@ import asyncpg
 from app.runtime import StoreUnavailable
 
 from .records import ENDED, RunRecord
-from .rows import COLUMNS, NOT_ENDED, chunks, from_row, to_row, unpack
+from .rows import COLUMNS, NOT_ENDED, PAST_THE_END, chunks, from_row, to_row, unpack
 from .store import EventRow, FailureHook
 
 LINGER_S = 0.05
@@ -73,7 +73,11 @@ ON CONFLICT (run_id) DO UPDATE SET
 WHERE """
     + NOT_ENDED
 )
-_INSERT_CHUNK = "INSERT INTO event_chunks VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+_INSERT_CHUNK = (
+    "INSERT INTO event_chunks SELECT $1::text, $2::bigint, $3::bigint, $4::text, $5::bytea "
+    "WHERE " + PAST_THE_END.format(run_id="$1::text", last_seq="$3::bigint") + " "
+    "ON CONFLICT DO NOTHING"
+)
 
 
 def _split_url(url: str) -> tuple[str, str]:

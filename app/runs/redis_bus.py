@@ -349,6 +349,11 @@ class RedisBus:
             return False
         return float(info.get("uptime_in_seconds", 0)) >= self.ttl_s
 
+    def lease_lapsed_since(self, t: float) -> bool:
+        # A beat that failed or found our lease gone, or no beat for a lease's ttl (a stalled
+        # loop: the beat that would tell has not run yet).
+        return self._reset_at >= t or time.monotonic() - self._last_beat > self.ttl_s
+
     async def claim(self, run_id: str) -> bool:
         return bool(
             await self._fast.set(

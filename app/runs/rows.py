@@ -49,6 +49,15 @@ def chunks(events: list[tuple[str, int, str, bytes]]) -> list[tuple[str, int, in
 # finishes the run) cannot turn an `interrupted` run back into a `succeeded` one.
 NOT_ENDED = "runs.status NOT IN ('succeeded', 'failed', 'cancelled', 'interrupted')"
 
+# Its events are final too: a chunk reaching past an ended run's terminal event is not stored,
+# so every replica replays the survivor's `interrupted` as the last event, not the late
+# replica's events after it. `{run_id}` and `{last_seq}` are the chunk's placeholders.
+PAST_THE_END = (
+    "NOT EXISTS (SELECT 1 FROM runs WHERE runs.run_id = {run_id} AND NOT ("
+    + NOT_ENDED
+    + ") AND runs.last_seq < {last_seq})"
+)
+
 
 def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str)

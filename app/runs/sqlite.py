@@ -22,7 +22,7 @@ from typing import Any
 from app.runtime import StoreUnavailable
 
 from .records import ENDED, RunRecord
-from .rows import COLUMNS, NOT_ENDED, chunks, from_row, to_row, unpack
+from .rows import COLUMNS, NOT_ENDED, PAST_THE_END, chunks, from_row, to_row, unpack
 from .store import EventRow, FailureHook
 
 SCHEMA = """
@@ -68,7 +68,10 @@ ON CONFLICT (run_id) DO UPDATE SET
 WHERE """
     + NOT_ENDED
 )
-_INSERT_CHUNK = "INSERT OR IGNORE INTO event_chunks VALUES (?, ?, ?, ?, ?)"
+_INSERT_CHUNK = (
+    "INSERT OR IGNORE INTO event_chunks SELECT ?1, ?2, ?3, ?4, ?5 "
+    "WHERE " + PAST_THE_END.format(run_id="?1", last_seq="?3")
+)
 
 
 _STOP = ("stop",)

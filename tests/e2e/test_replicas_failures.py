@@ -2,7 +2,8 @@
 
 1. the replica that owns a run is SIGKILLed mid-run: a survivor ends the run `interrupted`
    within LLM_DO_LEASE_S, after the events the dead owner had already published, and every
-   replica replays the same gap-free run;
+   replica replays the same gap-free run; an owner frozen past the lease (SIGSTOP) that
+   then finishes the run changes nothing stored;
 2. the bus (a Redis server of the test's own) restarts mid-run: the run completes, the
    followers on all three replicas get every event once, and cross-replica control works
    again afterwards;
@@ -249,6 +250,95 @@ def test_a_killed_owners_run_is_interrupted_by_a_survivor_within_the_lease(
     assert new.events[-1]["output"] == "after the kill one two three"
     assert frames_of(out.after["record_on_c"]) == new.frames
     assert "Traceback" not in output, output
+
+
+# ---- 1b. the owner freezes for longer than the lease, then goes on -------------------------------
+
+
+@dataclass
+class Freeze:
+    run_id: str = ""
+    follower: Follower | None = None
+    local: Follower | None = None  # a follower on the frozen owner itself
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    replays: dict[str, bytes] = field(default_factory=dict)
+
+
+async def _freeze_the_owner(a: Service, b: Service, out: Freeze) -> None:
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client, anyio.create_task_group() as tg:
+        with anyio.fail_after(60):
+            body = {"input": words(120, "frozen"), "background": True}  # ~6 s of text
+            resp = await client.post(f"{a.url}/workers/g_slow/run", json=body)
+            assert resp.status_code == 202, resp.text
+            out.run_id = run_id = resp.json()["run_id"]
+            out.follower = follower = Follower("B")
+            out.local = local = Follower("A")
+            tg.start_soon(follower.read, client, "GET", f"{b.url}/runs/{run_id}/events")
+            tg.start_soon(local.read, client, "GET", f"{a.url}/runs/{run_id}/events")
+            await follower.until(
+                lambda: follower.count("text.delta") >= 5, within=15, what="5 text.delta"
+            )
+            os.kill(a.proc.pid, signal.SIGSTOP)  # A's loop stops: no heartbeat, no events
+            try:
+                await follower.until(
+                    lambda: follower.ended, within=LEASE_S + 20, what="terminal event"
+                )
+            finally:
+                os.kill(a.proc.pid, signal.SIGCONT)
+            # A goes on with the run it still holds, and ends it its own way.
+            await local.until(lambda: local.ended, within=30, what="A's own end of the run")
+
+    async def settled() -> bool:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            for name, svc in (("A", a), ("B", b)):
+                out.records[name] = (await client.get(f"{svc.url}/runs/{out.run_id}")).json()
+                replay = await client.get(f"{svc.url}/runs/{out.run_id}/events", headers=SSE)
+                out.replays[name] = replay.content
+        return all(r.get("status") == "interrupted" for r in out.records.values())
+
+    await eventually(settled, within=15, what="the run to read as interrupted on A and B")
+
+
+def test_a_frozen_owner_that_lost_its_lease_cannot_rewrite_the_run(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A replica whose loop stalls past the lease (SIGSTOP here; a blocking tool or a network
+    cut in life) is taken for dead: B ends its run `interrupted`. When A wakes up and finishes
+    the run, nothing it writes changes the stored run: every replica replays exactly what B's
+    follower got, ending with B's `interrupted`."""
+    out = Freeze()
+    with (
+        postgres_schema() as store_url,
+        replicas(
+            2,
+            workers=WORKERS,
+            tmp_path=tmp_path,
+            fake_base_url=fake_openai.base_url,
+            store_url=store_url,
+            bus_url=redis_bus_url(),
+            LLM_DO_LEASE_S=str(LEASE_S),
+        ) as (a, b),
+    ):
+        try:
+            anyio.run(_freeze_the_owner, a, b, out)
+        except BaseException:
+            print(logs(a, b), out.records)
+            raise
+
+    follower = out.follower
+    assert follower is not None and follower.error is None, follower
+    events = check_gap_free(follower.frames)
+    assert events[-1]["type"] == "run.failed", events[-1]
+    assert events[-1]["error"]["type"] == "interrupted", events[-1]
+    # A's own follower saw the run go on past that point (documented in docs/replicas.md)...
+    assert out.local is not None and out.local.ended
+    assert len(out.local.frames) > len(follower.frames), [e["type"] for e in out.local.events]
+    # ...but the stored run is B's: same record and same bytes on both replicas.
+    for name in ("A", "B"):
+        record = out.records[name]
+        assert record["status"] == "interrupted", (name, record)
+        assert record["events"] == len(events), (name, record)
+        assert frames_of(out.replays[name]) == follower.frames, name
 
 
 # ---- 2. Redis restarts mid-run -----------------------------------------------------------------

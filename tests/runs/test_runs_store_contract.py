@@ -135,6 +135,21 @@ async def test_owner_round_trips_and_an_ended_record_is_final(store: RunStore) -
     assert (final.status, final.output, final.error) == ("interrupted", None, record.error)
 
 
+async def test_nothing_is_stored_past_an_ended_runs_terminal_event(store: RunStore) -> None:
+    """The late replica's events after a survivor's `interrupted` are not replayed either; the
+    run's own last batch (events up to its terminal one, with the final record) is kept."""
+    await store.create(make("r1"))
+    rows = await fill(store, "r1", 3)
+    ended = make("r1", status="interrupted", last_seq=4)
+    store.append("r1", 4, "run.failed", data(4))
+    store.update(ended)
+    await store.flush()
+    store.append("r1", 5, "text.delta", data(5))
+    store.append("r1", 6, "run.completed", data(6))
+    await store.flush()
+    assert await store.events("r1") == [*rows, (4, "run.failed", data(4))]
+
+
 async def test_update_is_a_snapshot_made_durable_by_flush(store: RunStore) -> None:
     record = make("r1", input="in")
     await store.create(record)
@@ -309,11 +324,11 @@ async def test_unfinished_reports_the_last_stored_seq(
 async def test_prune_by_age_deletes_only_old_ended_runs_and_their_events(store: RunStore) -> None:
     now = time.time()
     old, new = now - 3600, now - 10
-    await store.create(make("old-done", status="succeeded", created_at=old))
+    await store.create(make("old-done", status="succeeded", created_at=old, last_seq=3))
     await store.create(make("old-failed", status="failed", created_at=old + 1))
     await store.create(make("old-running", status="running", created_at=old + 2))
     await store.create(make("old-waiting", status="waiting_approval", created_at=old + 3))
-    await store.create(make("new-done", status="succeeded", created_at=new))
+    await store.create(make("new-done", status="succeeded", created_at=new, last_seq=3))
     for run_id in ("old-done", "old-running", "new-done"):
         await fill(store, run_id, 3)
 
@@ -363,7 +378,7 @@ async def test_sqlite_close_and_reopen_keeps_everything(tmp_path: Path) -> None:
     record = make("r1", input={"q": "x"}, model="echo")
     await first.create(record)
     rows = await fill(first, "r1", 5)
-    record.status, record.output, record.last_seq = "succeeded", "done", 5
+    record.status, record.output, record.last_seq = "succeeded", "done", 6
     first.update(record)
     # Appended after the last flush: close() drains the queue before it stops.
     first.append("r1", 6, "late", data(6))
@@ -379,7 +394,7 @@ async def test_sqlite_close_and_reopen_keeps_everything(tmp_path: Path) -> None:
             "done",
             {"q": "x"},
             "echo",
-            5,
+            6,
         )
         assert await second.events("r1") == [*rows, (6, "late", data(6))]
         assert [r.run_id for r in await second.list()] == ["r1"]
