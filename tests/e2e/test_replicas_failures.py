@@ -3,7 +3,8 @@
 1. the replica that owns a run is SIGKILLed mid-run: a survivor ends the run `interrupted`
    within LLM_DO_LEASE_S, after the events the dead owner had already published, and every
    replica replays the same gap-free run; an owner frozen past the lease (SIGSTOP) that
-   then finishes the run changes nothing stored;
+   then finishes the run changes nothing stored; a replica stopped with SIGTERM finishes its
+   short runs and ends the others itself, and followers elsewhere see both;
 2. the bus (a Redis server of the test's own) restarts mid-run: the run completes, the
    followers on all three replicas get every event once, and cross-replica control works
    again afterwards;
@@ -339,6 +340,101 @@ def test_a_frozen_owner_that_lost_its_lease_cannot_rewrite_the_run(
         assert record["status"] == "interrupted", (name, record)
         assert record["events"] == len(events), (name, record)
         assert frames_of(out.replays[name]) == follower.frames, name
+
+
+# ---- 1c. a replica is stopped (SIGTERM: an update, a scale-down) --------------------------------
+
+GRACE_S = 3  # LLM_DO_SHUTDOWN_GRACE_S of this test
+
+
+@dataclass
+class Stop:
+    long: Follower | None = None  # a run that outlasts the grace, followed on B
+    short: Follower | None = None  # a run that ends within it, followed on B
+    run_ids: dict[str, str] = field(default_factory=dict)
+    elapsed: float = 0.0  # SIGTERM -> the long run's terminal event on B
+    exit_code: int | None = None
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    replays: dict[str, bytes] = field(default_factory=dict)
+    after: Follower | None = None
+
+
+async def _stop_the_owner(a: Service, b: Service, out: Stop) -> None:
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client, anyio.create_task_group() as tg:
+        with anyio.fail_after(60):
+            for name, n in (("long", 600), ("short", 10)):  # ~30 s and ~0.5 s of text
+                body = {"input": words(n, name), "background": True}
+                resp = await client.post(f"{a.url}/workers/g_slow/run", json=body)
+                assert resp.status_code == 202, resp.text
+                out.run_ids[name] = run_id = resp.json()["run_id"]
+                follower = Follower(f"{name} run on B")
+                setattr(out, name, follower)
+                tg.start_soon(follower.read, client, "GET", f"{b.url}/runs/{run_id}/events")
+            assert out.long is not None and out.short is not None
+            long, short = out.long, out.short
+            await long.until(lambda: long.count("text.delta") >= 3, within=15, what="3 deltas")
+            a.proc.terminate()  # what `docker compose stop` and a rolling update send
+            stopped_at = time.monotonic()
+            await long.until(lambda: long.ended, within=GRACE_S + 15, what="terminal event")
+            out.elapsed = long.times[-1] - stopped_at
+            await short.until(lambda: short.ended, within=15, what="terminal event")
+            out.exit_code = await anyio.to_thread.run_sync(a.proc.wait, 20)
+
+        with anyio.fail_after(30):
+            for name, run_id in out.run_ids.items():
+                out.records[name] = (await client.get(f"{b.url}/runs/{run_id}")).json()
+                replay = await client.get(f"{b.url}/runs/{run_id}/events", headers=SSE)
+                out.replays[name] = replay.content
+            out.after = Follower("new run on B")
+            body = {"input": "after the stop one two"}
+            await out.after.read(client, "POST", f"{b.url}/workers/g_slow/run", json=body)
+
+
+def test_a_stopped_replica_finishes_what_it_can_and_ends_the_rest_for_every_follower(
+    fake_openai: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """SIGTERM (a rolling update): the stopping replica gives its runs
+    LLM_DO_SHUTDOWN_GRACE_S to finish, ends the others `interrupted` itself (no lease wait),
+    and followers on the other replicas get both ends live; the other replica goes on."""
+    out = Stop()
+    with (
+        postgres_schema() as store_url,
+        replicas(
+            2,
+            workers=WORKERS,
+            tmp_path=tmp_path,
+            fake_base_url=fake_openai.base_url,
+            store_url=store_url,
+            bus_url=redis_bus_url(),
+            LLM_DO_LEASE_S="30",  # a lease wait would show as a 30 s gap
+            LLM_DO_SHUTDOWN_GRACE_S=str(GRACE_S),
+        ) as (a, b),
+    ):
+        try:
+            anyio.run(_stop_the_owner, a, b, out)
+        except BaseException:
+            print(logs(a, b))
+            raise
+        output = logs(a, b)
+    print(f"\nSIGTERM of the owner -> run.failed interrupted on B's follower: {out.elapsed:.2f} s")
+
+    # uvicorn ends a clean shutdown by re-raising the signal it got, as a shell expects
+    assert out.exit_code == -signal.SIGTERM, output
+    assert out.short is not None and out.long is not None
+    short = check_gap_free(out.short.frames)
+    assert short[-1]["type"] == "run.completed", short[-1]
+    assert short[-1]["output"] == words(10, "short")
+    long = check_gap_free(out.long.frames)
+    assert long[-1]["type"] == "run.failed", long[-1]
+    assert long[-1]["error"]["type"] == "interrupted", long[-1]
+    assert "shutting down" in long[-1]["error"]["message"], long[-1]
+    assert GRACE_S - 0.5 <= out.elapsed <= GRACE_S + 5, f"{out.elapsed:.2f} s"
+    for name, frames in (("short", out.short.frames), ("long", out.long.frames)):
+        assert out.records[name]["status"] == ("succeeded" if name == "short" else "interrupted")
+        assert frames_of(out.replays[name]) == frames, name
+    assert out.after is not None and out.after.status == 200, out.after
+    assert out.after.events[-1]["type"] == "run.completed", out.after.events[-1]
+    assert "Traceback" not in output, output
 
 
 # ---- 2. Redis restarts mid-run -----------------------------------------------------------------
