@@ -242,19 +242,44 @@ class RunManager:
         return True
 
     async def watch_leases(self) -> None:
-        """With several replicas: now and then, reap the runs of replicas that died."""
+        """With several replicas: now and then, reap the runs of replicas that died, and,
+        for a lease after our own lease may have lapsed, stop our runs a survivor reaped."""
+        checked = recheck_until = time.monotonic()
         while True:
             await asyncio.sleep(self.bus.beat_s * random.uniform(0.8, 1.2))
+            now = time.monotonic()
+            if self.bus.lease_lapsed_since(checked):
+                recheck_until = now + self.bus.lease_s  # a survivor may reap us until then
+            checked = now
             try:
+                if now < recheck_until:
+                    await self._stop_reaped()
                 await self.reap()
             except Exception as exc:  # the store or the bus is down: try again next time
                 log.warning("lease check failed: %s", exc)
 
+    async def _stop_reaped(self) -> None:
+        """Our runs that a survivor ended while it took us for dead (our loop stalled, or
+        Redis was out of reach, for longer than the lease). Their stored end stands, so
+        going on would spend tokens and run tools for a run every other replica reports
+        ended: stop them here too."""
+        for handle in list(self._live.values()):
+            stored = await self.store.get(handle.run_id)
+            if stored is None or not stored.ended or handle.record.ended:
+                continue
+            why = (
+                f"another replica ended this run as {stored.status} while this one "
+                f"({self.replica_id}) was out of reach for longer than its lease"
+            )
+            if handle.run.cancel(why, interrupted=True):
+                log.warning("run %s stopped: %s", handle.run_id, why)
+
     def _store_failed(self, run_ids: set[str], error: BaseException) -> None:
         """The store could not take these runs' events: end them with a typed error
         rather than let them go on with events nobody can replay."""
+        why = str(error) or type(error).__name__
         failure = StoreUnavailable(
-            f"The run store cannot be written ({error}); the run was stopped so that no "
+            f"The run store cannot be written ({why}); the run was stopped so that no "
             "event is lost. Its events are kept and written when the store is back"
         )
         for run_id in run_ids:

@@ -28,6 +28,20 @@ from .store import EventRow, FailureHook
 LINGER_S = 0.05
 RETRY_S = 1.0  # a failed write is tried again this often, until the database is back
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# The connection was lost, not the database: after a PostgreSQL restart every pooled
+# connection is dead, and a session idle in a transaction too long is ended by the server.
+# A write that fails so is tried once more at once, on a fresh connection, before it counts.
+_LOST = (
+    ConnectionError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.IdleInTransactionSessionTimeoutError,
+)
+# A replica that stalls inside a transaction (a frozen process, a blocked loop) holds row
+# locks that another replica's writes then wait on; the server ends such a session after
+# this long, so those writes wait at most this (well under `command_timeout`).
+IDLE_IN_TRANSACTION_MS = 5000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -80,6 +94,11 @@ _INSERT_CHUNK = (
 )
 
 
+def _why(exc: BaseException) -> str:
+    """An error's message, or its kind when it has none (a timeout says nothing)."""
+    return str(exc) or type(exc).__name__
+
+
 def _split_url(url: str) -> tuple[str, str]:
     """(the URL asyncpg gets, the schema from its `schema` query parameter)."""
     parts = urlsplit(url)
@@ -107,7 +126,10 @@ class PostgresRunStore:
             self.url,
             min_size=0,  # no floor to restore (and log about) while the server is away
             max_size=4,
-            server_settings={"search_path": schema},
+            server_settings={
+                "search_path": schema,
+                "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
+            },
             timeout=5,  # connecting
             command_timeout=10,
         )
@@ -171,11 +193,10 @@ class PostgresRunStore:
             error: BaseException | None = None
             try:
                 if events or runs:
-                    async with self._pool.acquire() as conn, conn.transaction():
-                        if runs:
-                            await conn.executemany(_UPSERT, list(runs.values()))
-                        if events:
-                            await conn.executemany(_INSERT_CHUNK, chunks(events))
+                    try:
+                        await self._write(runs, events)
+                    except _LOST:
+                        await self._write(runs, events)
             except _DB_ERRORS as exc:
                 error = exc
                 self._events = events + self._events  # keep them for the next attempt
@@ -190,17 +211,34 @@ class PostgresRunStore:
                     waiter.set_result(None)
                 else:
                     waiter.set_exception(
-                        StoreUnavailable(f"The run store (PostgreSQL) cannot be written: {error}")
+                        StoreUnavailable(
+                            f"The run store (PostgreSQL) cannot be written: {_why(error)}"
+                        )
                     )
+
+    async def _write(
+        self, runs: dict[str, tuple[Any, ...]], events: list[tuple[str, int, str, bytes]]
+    ) -> None:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            if runs:
+                await conn.executemany(_UPSERT, list(runs.values()))
+            if events:
+                await conn.executemany(_INSERT_CHUNK, chunks(events))
 
     # ---- reads ----------------------------------------------------------------------
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         assert self._pool is not None
         try:
-            return await self._pool.fetch(sql, *args)
+            try:
+                return await self._pool.fetch(sql, *args)
+            except _LOST:
+                return await self._pool.fetch(sql, *args)
         except _DB_ERRORS as exc:
-            raise StoreUnavailable(f"The run store (PostgreSQL) cannot be read: {exc}") from exc
+            raise StoreUnavailable(
+                f"The run store (PostgreSQL) cannot be read: {_why(exc)}"
+            ) from exc
 
     async def get(self, run_id: str) -> RunRecord | None:
         rows = await self._fetch(f"SELECT {COLUMNS} FROM runs WHERE run_id = $1", run_id)

@@ -268,7 +268,7 @@ class Freeze:
 async def _freeze_the_owner(a: Service, b: Service, out: Freeze) -> None:
     async with httpx.AsyncClient(timeout=TIMEOUT) as client, anyio.create_task_group() as tg:
         with anyio.fail_after(60):
-            body = {"input": words(120, "frozen"), "background": True}  # ~6 s of text
+            body = {"input": words(400, "frozen"), "background": True}  # ~20 s of text
             resp = await client.post(f"{a.url}/workers/g_slow/run", json=body)
             assert resp.status_code == 202, resp.text
             out.run_id = run_id = resp.json()["run_id"]
@@ -286,8 +286,8 @@ async def _freeze_the_owner(a: Service, b: Service, out: Freeze) -> None:
                 )
             finally:
                 os.kill(a.proc.pid, signal.SIGCONT)
-            # A goes on with the run it still holds, and ends it its own way.
-            await local.until(lambda: local.ended, within=30, what="A's own end of the run")
+            # A wakes up, finds the run ended by B, and stops it too.
+            await local.until(lambda: local.ended, within=15, what="A's own end of the run")
 
     async def settled() -> bool:
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
@@ -304,9 +304,9 @@ def test_a_frozen_owner_that_lost_its_lease_cannot_rewrite_the_run(
     fake_openai: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     """A replica whose loop stalls past the lease (SIGSTOP here; a blocking tool or a network
-    cut in life) is taken for dead: B ends its run `interrupted`. When A wakes up and finishes
-    the run, nothing it writes changes the stored run: every replica replays exactly what B's
-    follower got, ending with B's `interrupted`."""
+    cut in life) is taken for dead: B ends its run `interrupted`. When A wakes up it stops the
+    run rather than spend the rest of it, and nothing it wrote meanwhile changes the stored
+    run: every replica replays exactly what B's follower got, ending with B's `interrupted`."""
     out = Freeze()
     with (
         postgres_schema() as store_url,
@@ -331,9 +331,13 @@ def test_a_frozen_owner_that_lost_its_lease_cannot_rewrite_the_run(
     events = check_gap_free(follower.frames)
     assert events[-1]["type"] == "run.failed", events[-1]
     assert events[-1]["error"]["type"] == "interrupted", events[-1]
-    # A's own follower saw the run go on past that point (documented in docs/replicas.md)...
+    # A's own follower saw A's end of it (past B's end: documented in docs/replicas.md)...
     assert out.local is not None and out.local.ended
-    assert len(out.local.frames) > len(follower.frames), [e["type"] for e in out.local.events]
+    local = check_gap_free(out.local.frames)
+    assert local[-1]["type"] == "run.failed", local[-1]
+    assert local[-1]["error"]["type"] == "interrupted", local[-1]
+    assert "out of reach for longer than its lease" in local[-1]["error"]["message"], local[-1]
+    assert out.local.count("text.delta") < 400, "A ran the whole run after it was reaped"
     # ...but the stored run is B's: same record and same bytes on both replicas.
     for name in ("A", "B"):
         record = out.records[name]

@@ -7,6 +7,7 @@ file, memory); a Postgres store joins by adding one param. What only a store on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -436,6 +437,90 @@ async def test_sqlite_flush_is_durable_for_another_connection(tmp_path: Path) ->
     finally:
         await reader.close()
         await writer.close()
+
+
+# ---- PostgreSQL only: connections lost, sessions stalled ------------------------------------
+
+
+async def _admin(sql: str) -> Any:
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES, timeout=3)
+    try:
+        if sql.lstrip().upper().startswith("SELECT"):
+            return await conn.fetch(sql)
+        return await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def test_postgres_a_write_whose_connection_dies_is_retried_at_once() -> None:
+    """A connection lost in the middle of a write (PostgreSQL restarted, or ended a session
+    that stalled in a transaction) is not a store that is down: the batch is written again
+    at once on a fresh connection, and no run is failed for it. A trigger makes the server
+    end the writing session once, in the middle of its transaction."""
+    schema = await _postgres_schema()
+    store = open_store(f"{POSTGRES}?schema={schema}")
+    failures: list[set[str]] = []
+    store.on_failure = lambda ids, exc: failures.append(ids)
+    await store.open()
+    try:
+        await store.create(make("r1"))
+        rows = await fill(store, "r1", 2)
+        await _admin(f"""
+            SET search_path = "{schema}";
+            CREATE SEQUENCE kills;
+            CREATE FUNCTION kill_once() RETURNS trigger AS $$ BEGIN
+                IF nextval('kills') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid());
+                END IF;
+                RETURN NEW;
+            END $$ LANGUAGE plpgsql;
+            CREATE TRIGGER kill_once BEFORE INSERT ON event_chunks
+                FOR EACH ROW EXECUTE FUNCTION kill_once();
+        """)
+        more = await fill(store, "r1", 2, first=3)
+        assert (await _admin(f'SELECT last_value, is_called FROM "{schema}".kills'))[0][1]
+        assert await store.events("r1") == rows + more
+        assert failures == []
+    finally:
+        await store.close()
+        await _drop_schema(schema)
+
+
+async def test_postgres_a_replica_stalled_in_a_transaction_does_not_block_the_others() -> None:
+    """A replica frozen inside a transaction holds its row locks; another replica's write
+    to the same run (a survivor ending it) waits for the server to end the stalled session
+    (idle_in_transaction_session_timeout), then goes through instead of failing."""
+    schema = await _postgres_schema()
+    url = f"{POSTGRES}?schema={schema}"
+    stalled, survivor = open_store(url), open_store(url)
+    await stalled.open()
+    await survivor.open()
+    pool = stalled._pool  # type: ignore[attr-defined]
+    conn = None
+    try:
+        await stalled.create(make("r1", owner="frozen"))
+        conn = await pool.acquire()
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("UPDATE runs SET last_seq = 1 WHERE run_id = 'r1'")  # row lock
+        # ...and the stalled replica sends nothing more.
+        ended = make("r1", owner="frozen", status="interrupted", last_seq=1)
+        survivor.append("r1", 1, "run.failed", data(1))
+        survivor.update(ended)
+        with anyio.fail_after(30):
+            await survivor.flush()
+        got = await survivor.get("r1")
+        assert got is not None and got.status == "interrupted"
+        assert await survivor.events("r1") == [(1, "run.failed", data(1))]
+    finally:
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.terminate()  # the server may have ended it already
+                await pool.release(conn)
+        await stalled.close()
+        await survivor.close()
+        await _drop_schema(schema)
 
 
 def test_open_store_urls(tmp_path: Path) -> None:
