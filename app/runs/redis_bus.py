@@ -56,6 +56,10 @@ TAIL_COUNT = 256
 STORE_POLL_S = 0.25  # how often a follower reads the store while Redis is down
 FILL_WAIT_S = 10.0  # how long a hole may take to reach the store (its group commit)
 REQUEST_TIMEOUT_S = 10.0
+# While frames keep coming (a token stream, many runs at once), rounds start at most this
+# often, so one round carries several frames of each run: a round costs the replica about
+# 150 µs of CPU whatever it carries. The first frame after a quiet spell goes at once.
+ROUND_GAP_S = 0.001
 RETRY_AFTER_DOWN_S = 1.0  # after a failed publish, publish to the store only, this long
 _ERRORS = (RedisError, OSError)
 
@@ -88,6 +92,7 @@ class RedisBus:
         self._wake = asyncio.Event()
         self._down_until = 0.0
         self._sending = False
+        self._round_at = 0.0  # when the last publish round started (monotonic)
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
@@ -145,12 +150,13 @@ class RedisBus:
 
     async def _publish_loop(self) -> None:
         """One pipeline per round, holding every run's new frames: while it is out, the
-        next round's frames gather (group commit without a timer)."""
+        next round's frames gather (group commit), and rounds in a burst are ROUND_GAP_S
+        apart."""
         while True:
             await self._wake.wait()
-            # One more turn of the loop lets the other ready tasks add their frames: twice
-            # the frames per pipeline for a token stream, at no added latency to speak of.
-            await asyncio.sleep(0)
+            # At least one more turn of the loop lets the other ready tasks add their frames.
+            await asyncio.sleep(max(0.0, self._round_at + ROUND_GAP_S - time.monotonic()))
+            self._round_at = time.monotonic()
             self._wake.clear()
             dirty, self._dirty = self._dirty, {}
             batch = [
