@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -25,9 +26,17 @@ from .records import ENDED, RunRecord
 from .rows import COLUMNS, NOT_ENDED, PAST_THE_END, chunks, from_row, to_row, unpack
 from .store import EventRow, FailureHook
 
+log = logging.getLogger(__name__)
+
 LINGER_S = 0.05
 RETRY_S = 1.0  # a failed write is tried again this often, until the database is back
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+_DB_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    TimeoutError,
+)
 # The connection was lost, not the database: after a PostgreSQL restart every pooled
 # connection is dead, and a session idle in a transaction too long is ended by the server.
 # A write that fails so is tried once more at once, on a fresh connection, before it counts.
@@ -35,6 +44,7 @@ _LOST = (
     ConnectionError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection the server ended mid-operation
     asyncpg.AdminShutdownError,
     asyncpg.IdleInTransactionSessionTimeoutError,
 )
@@ -197,7 +207,9 @@ class PostgresRunStore:
                         await self._write(runs, events)
                     except _LOST:
                         await self._write(runs, events)
-            except _DB_ERRORS as exc:
+            except Exception as exc:  # whatever it is, this loop must go on: flush() waits on it
+                if not isinstance(exc, _DB_ERRORS):
+                    log.exception("unexpected error writing to PostgreSQL")
                 error = exc
                 self._events = events + self._events  # keep them for the next attempt
                 self._runs = {**runs, **self._runs}

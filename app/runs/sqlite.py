@@ -11,6 +11,7 @@ read while the writer writes).
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import sqlite3
 import threading
@@ -24,6 +25,8 @@ from app.runtime import StoreUnavailable
 from .records import ENDED, RunRecord
 from .rows import COLUMNS, NOT_ENDED, PAST_THE_END, chunks, from_row, to_row, unpack
 from .store import EventRow, FailureHook
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -97,7 +100,6 @@ class SqliteRunStore:
         self._local = threading.local()
         self._urgent = threading.Event()
         self._reader_conns: list[sqlite3.Connection] = []
-        self._error: BaseException | None = None
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -142,18 +144,16 @@ class SqliteRunStore:
 
     async def flush(self) -> None:
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[BaseException | None] = loop.create_future()
 
-        def wake() -> None:
-            loop.call_soon_threadsafe(_settle, done)
+        def wake(error: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, done, error)
 
         self._queue.put(("flush", wake))
         self._urgent.set()
-        await done
-        if self._error is not None:
-            raise StoreUnavailable(f"The run store cannot be written: {self._error}") from (
-                self._error
-            )
+        error = await done
+        if error is not None:  # the batch this flush waited for did not go in
+            raise StoreUnavailable(f"The run store cannot be written: {error}") from error
 
     def _write_loop(self) -> None:
         conn = _connect(self.path)
@@ -183,6 +183,7 @@ class SqliteRunStore:
                         runs.append(op[1])
                     else:
                         wakers.append(op[1])
+                failed: BaseException | None = None
                 try:
                     if events or runs:
                         conn.execute("BEGIN")
@@ -191,12 +192,14 @@ class SqliteRunStore:
                         if events:
                             conn.executemany(_INSERT_CHUNK, chunks(events))
                         conn.execute("COMMIT")
-                except sqlite3.Error as exc:  # keep serving; flush() reports it
-                    self._error = exc
+                except Exception as exc:  # keep serving, whatever it is; flush() reports it
+                    if not isinstance(exc, sqlite3.Error):
+                        log.exception("unexpected error writing to the SQLite store")
+                    failed = exc
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                 for wake in wakers:
-                    wake()
+                    wake(failed)
         finally:
             conn.close()
 
@@ -286,6 +289,6 @@ class SqliteRunStore:
         return len(doomed)
 
 
-def _settle(fut: asyncio.Future[None]) -> None:
+def _settle(fut: asyncio.Future[BaseException | None], error: BaseException | None) -> None:
     if not fut.done():
-        fut.set_result(None)
+        fut.set_result(error)

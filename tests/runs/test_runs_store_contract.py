@@ -21,6 +21,7 @@ import anyio
 import pytest
 
 from app.runs import MemoryRunStore, RunRecord, RunStore, SqliteRunStore, open_store
+from app.runtime import StoreUnavailable
 from tests.servers import missing
 
 pytestmark = pytest.mark.anyio
@@ -404,6 +405,33 @@ async def test_sqlite_close_and_reopen_keeps_everything(tmp_path: Path) -> None:
         await second.close()
 
 
+async def test_sqlite_a_failed_write_fails_its_flush_and_not_the_next(tmp_path: Path) -> None:
+    """A write that fails (here: the table is gone) fails the flush that waited for it with
+    the typed error; once writes work again, flushes succeed again."""
+    path = tmp_path / "runs.sqlite3"
+    store = SqliteRunStore(path)
+    await store.open()
+    try:
+        await store.create(make("r1"))
+        schema = (
+            sqlite3.connect(path)
+            .execute("SELECT sql FROM sqlite_master WHERE name = 'event_chunks'")
+            .fetchone()[0]
+        )
+        with sqlite3.connect(path) as other:
+            other.execute("DROP TABLE event_chunks")
+        store.append("r1", 1, "a", data(1))
+        with pytest.raises(StoreUnavailable, match="event_chunks"):
+            await store.flush()
+        with sqlite3.connect(path) as other:
+            other.execute(schema)
+        store.append("r1", 2, "b", data(2))
+        await store.flush()
+        assert await store.events("r1") == [(2, "b", data(2))]
+    finally:
+        await store.close()
+
+
 async def test_sqlite_flush_is_durable_for_another_connection(tmp_path: Path) -> None:
     """After flush() returns, another store on the same file (and a plain sqlite3 connection)
     sees the rows, while the first store is still open: nothing waits for close()."""
@@ -484,6 +512,39 @@ async def test_postgres_a_write_whose_connection_dies_is_retried_at_once() -> No
         assert failures == []
     finally:
         await store.close()
+        await _drop_schema(schema)
+
+
+async def test_postgres_an_unexpected_write_error_fails_that_flush_and_no_later_one() -> None:
+    """The writer task is what every flush waits on: an error of a kind nobody foresaw (an
+    asyncpg connection left in a broken state raised InternalClientError here once) must
+    fail that flush with the typed error, not end the task and leave every later flush,
+    and with it every run's end, waiting forever."""
+    schema = await _postgres_schema()
+    store = open_store(f"{POSTGRES}?schema={schema}")
+    await store.open()
+    try:
+        await store.create(make("r1"))
+        real = store._write  # type: ignore[attr-defined]
+        calls = 0
+
+        async def broken_once(*args: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("nobody saw this coming")
+            await real(*args)
+
+        store._write = broken_once  # type: ignore[attr-defined]
+        store.append("r1", 1, "a", data(1))
+        with anyio.fail_after(10), pytest.raises(StoreUnavailable, match="nobody saw"):
+            await store.flush()
+        with anyio.fail_after(10):
+            await store.flush()  # the kept batch goes in with this one
+        assert await store.events("r1") == [(1, "a", data(1))]
+    finally:
+        with anyio.move_on_after(10):  # bounded even if the writer task were gone
+            await store.close()
         await _drop_schema(schema)
 
 
