@@ -137,6 +137,36 @@ class Follower:
             )
 
 
+def on_replicas(
+    count: int,
+    scenario: Callable[..., Any],
+    out: Any,
+    fake_openai: FakeOpenAIServer,
+    tmp_path: Path,
+    **env: str,
+) -> str:
+    """Run `await scenario(*replicas, out)` on `count` replicas sharing a fresh PostgreSQL
+    schema and Redis prefix; print every replica's log if it fails. Returns their logs."""
+    with (
+        postgres_schema() as store_url,
+        replicas(
+            count,
+            workers=WORKERS,
+            tmp_path=tmp_path,
+            fake_base_url=fake_openai.base_url,
+            store_url=store_url,
+            bus_url=redis_bus_url(),
+            **env,
+        ) as services,
+    ):
+        try:
+            anyio.run(scenario, *services, out)
+        except BaseException:
+            print(logs(*services), out)
+            raise
+        return logs(*services)
+
+
 def check_gap_free(frames: list[bytes]) -> list[dict[str, Any]]:
     events = [data_of(f) for f in frames]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
@@ -201,24 +231,9 @@ def test_a_killed_owners_run_is_interrupted_by_a_survivor_within_the_lease(
     fake_openai: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     out = Kill()
-    with (
-        postgres_schema() as store_url,
-        replicas(
-            3,
-            workers=WORKERS,
-            tmp_path=tmp_path,
-            fake_base_url=fake_openai.base_url,
-            store_url=store_url,
-            bus_url=redis_bus_url(),
-            LLM_DO_LEASE_S=str(LEASE_S),
-        ) as (a, b, c),
-    ):
-        try:
-            anyio.run(_kill_the_owner, a, b, c, out)
-        except BaseException:
-            print(logs(a, b, c))
-            raise
-        output = logs(b, c)
+    output = on_replicas(
+        3, _kill_the_owner, out, fake_openai, tmp_path, LLM_DO_LEASE_S=str(LEASE_S)
+    )
     print(f"\nSIGKILL of the owner -> run.failed interrupted on B's follower: {out.elapsed:.2f} s")
 
     # B's follower saw the whole run, once, in order, ending `interrupted`.
@@ -308,23 +323,7 @@ def test_a_frozen_owner_that_lost_its_lease_cannot_rewrite_the_run(
     run rather than spend the rest of it, and nothing it wrote meanwhile changes the stored
     run: every replica replays exactly what B's follower got, ending with B's `interrupted`."""
     out = Freeze()
-    with (
-        postgres_schema() as store_url,
-        replicas(
-            2,
-            workers=WORKERS,
-            tmp_path=tmp_path,
-            fake_base_url=fake_openai.base_url,
-            store_url=store_url,
-            bus_url=redis_bus_url(),
-            LLM_DO_LEASE_S=str(LEASE_S),
-        ) as (a, b),
-    ):
-        try:
-            anyio.run(_freeze_the_owner, a, b, out)
-        except BaseException:
-            print(logs(a, b), out.records)
-            raise
+    on_replicas(2, _freeze_the_owner, out, fake_openai, tmp_path, LLM_DO_LEASE_S=str(LEASE_S))
 
     follower = out.follower
     assert follower is not None and follower.error is None, follower
@@ -401,25 +400,15 @@ def test_a_stopped_replica_finishes_what_it_can_and_ends_the_rest_for_every_foll
     LLM_DO_SHUTDOWN_GRACE_S to finish, ends the others `interrupted` itself (no lease wait),
     and followers on the other replicas get both ends live; the other replica goes on."""
     out = Stop()
-    with (
-        postgres_schema() as store_url,
-        replicas(
-            2,
-            workers=WORKERS,
-            tmp_path=tmp_path,
-            fake_base_url=fake_openai.base_url,
-            store_url=store_url,
-            bus_url=redis_bus_url(),
-            LLM_DO_LEASE_S="30",  # a lease wait would show as a 30 s gap
-            LLM_DO_SHUTDOWN_GRACE_S=str(GRACE_S),
-        ) as (a, b),
-    ):
-        try:
-            anyio.run(_stop_the_owner, a, b, out)
-        except BaseException:
-            print(logs(a, b))
-            raise
-        output = logs(a, b)
+    output = on_replicas(
+        2,
+        _stop_the_owner,
+        out,
+        fake_openai,
+        tmp_path,
+        LLM_DO_LEASE_S="30",  # a lease wait would show as a 30 s gap
+        LLM_DO_SHUTDOWN_GRACE_S=str(GRACE_S),
+    )
     print(f"\nSIGTERM of the owner -> run.failed interrupted on B's follower: {out.elapsed:.2f} s")
 
     # uvicorn ends a clean shutdown by re-raising the signal it got, as a shell expects
