@@ -11,6 +11,7 @@ read while the writer writes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -79,6 +80,7 @@ _INSERT_CHUNK = (
 
 _STOP = ("stop",)
 LINGER_S = 0.05  # the longest an event waits in memory before its commit starts
+RETRY_S = 1.0  # a batch that failed (disk full, database locked) is tried again this often
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -158,13 +160,18 @@ class SqliteRunStore:
     def _write_loop(self) -> None:
         conn = _connect(self.path)
         stop = False
+        kept_events: list[tuple[str, int, str, bytes]] = []  # a failed batch, tried again
+        kept_runs: list[tuple[Any, ...]] = []
         try:
             while not stop:
-                batch = [self._queue.get()]
+                try:
+                    batch = [self._queue.get(timeout=RETRY_S if kept_events or kept_runs else None)]
+                except queue.Empty:
+                    batch = []
                 # Group commit: a token stream arrives a row at a time, and a commit per row
                 # would cost more than the rows. Wait a little for company, unless someone
                 # is waiting for durability (flush, create, close).
-                if batch[0][0] in ("event", "run"):
+                if batch and batch[0][0] in ("event", "run"):
                     self._urgent.wait(LINGER_S)
                 self._urgent.clear()
                 while len(batch) < 5000:
@@ -183,6 +190,8 @@ class SqliteRunStore:
                         runs.append(op[1])
                     else:
                         wakers.append(op[1])
+                events, runs = kept_events + events, kept_runs + runs
+                kept_events, kept_runs = [], []
                 failed: BaseException | None = None
                 try:
                     if events or runs:
@@ -196,8 +205,10 @@ class SqliteRunStore:
                     if not isinstance(exc, sqlite3.Error):
                         log.exception("unexpected error writing to the SQLite store")
                     failed = exc
+                    kept_events, kept_runs = events, runs
                     if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
                 for wake in wakers:
                     wake(failed)
         finally:

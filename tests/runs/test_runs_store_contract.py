@@ -22,6 +22,7 @@ import pytest
 
 from app.runs import MemoryRunStore, RunRecord, RunStore, SqliteRunStore, open_store
 from app.runtime import StoreUnavailable
+from tests.e2e.e2e_support import eventually
 from tests.servers import missing
 
 pytestmark = pytest.mark.anyio
@@ -407,7 +408,8 @@ async def test_sqlite_close_and_reopen_keeps_everything(tmp_path: Path) -> None:
 
 async def test_sqlite_a_failed_write_fails_its_flush_and_not_the_next(tmp_path: Path) -> None:
     """A write that fails (here: the table is gone) fails the flush that waited for it with
-    the typed error; once writes work again, flushes succeed again."""
+    the typed error and is kept; once writes work again, it goes in with the next batch and
+    flushes succeed again."""
     path = tmp_path / "runs.sqlite3"
     store = SqliteRunStore(path)
     await store.open()
@@ -425,9 +427,14 @@ async def test_sqlite_a_failed_write_fails_its_flush_and_not_the_next(tmp_path: 
             await store.flush()
         with sqlite3.connect(path) as other:
             other.execute(schema)
+
+        async def kept_batch_written() -> bool:  # tried again on its own, every second
+            return await store.events("r1") == [(1, "a", data(1))]
+
+        await eventually(kept_batch_written, within=10, what="the kept batch to be written")
         store.append("r1", 2, "b", data(2))
         await store.flush()
-        assert await store.events("r1") == [(2, "b", data(2))]
+        assert await store.events("r1") == [(1, "a", data(1)), (2, "b", data(2))]
     finally:
         await store.close()
 
