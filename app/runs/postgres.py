@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -27,6 +29,7 @@ from .rows import COLUMNS, NOT_ENDED, PAST_THE_END, chunks, from_row, to_row, un
 from .store import EventRow, FailureHook
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LINGER_S = 0.05
 RETRY_S = 1.0  # a failed write is tried again this often, until the database is back
@@ -102,6 +105,14 @@ _INSERT_CHUNK = (
     "WHERE " + PAST_THE_END.format(run_id="$1::text", last_seq="$3::bigint") + " "
     "ON CONFLICT DO NOTHING"
 )
+
+
+async def _once_more_if_lost(op: Callable[[], Awaitable[T]]) -> T:
+    """`op()`, and once more at once if it lost its connection (see `_LOST`)."""
+    try:
+        return await op()
+    except _LOST:
+        return await op()
 
 
 def _why(exc: BaseException) -> str:
@@ -203,10 +214,7 @@ class PostgresRunStore:
             error: BaseException | None = None
             try:
                 if events or runs:
-                    try:
-                        await self._write(runs, events)
-                    except _LOST:
-                        await self._write(runs, events)
+                    await _once_more_if_lost(partial(self._write, runs, events))
             except Exception as exc:  # whatever it is, this loop must go on: flush() waits on it
                 if not isinstance(exc, _DB_ERRORS):
                     log.exception("unexpected error writing to PostgreSQL")
@@ -243,10 +251,7 @@ class PostgresRunStore:
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         assert self._pool is not None
         try:
-            try:
-                return await self._pool.fetch(sql, *args)
-            except _LOST:
-                return await self._pool.fetch(sql, *args)
+            return await _once_more_if_lost(partial(self._pool.fetch, sql, *args))
         except _DB_ERRORS as exc:
             raise StoreUnavailable(
                 f"The run store (PostgreSQL) cannot be read: {_why(exc)}"

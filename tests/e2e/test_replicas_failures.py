@@ -62,6 +62,14 @@ def words(n: int, tag: str) -> str:
     return f"{tag} " + " ".join(f"w{i}" for i in range(n))
 
 
+async def start_slow(client: httpx.AsyncClient, svc: Service, n: int, tag: str) -> str:
+    """A background g_slow run of `words(n, tag)` on `svc`; its id."""
+    body = {"input": words(n, tag), "background": True}
+    resp = await client.post(f"{svc.url}/workers/g_slow/run", json=body)
+    assert resp.status_code == 202, resp.text
+    return resp.json()["run_id"]
+
+
 def frames_of(body: bytes) -> list[bytes]:
     """The event frames of an SSE body, as sent (the retry hint and `: ping`s left out)."""
     return [part + b"\n\n" for part in body.split(b"\n\n") if part.startswith(b"id: ")]
@@ -193,10 +201,7 @@ class Kill:
 async def _kill_the_owner(a: Service, b: Service, c: Service, out: Kill) -> None:
     async with httpx.AsyncClient(timeout=TIMEOUT) as client, anyio.create_task_group() as tg:
         with anyio.fail_after(30):
-            body = {"input": words(600, "killed"), "background": True}  # ~30 s of text
-            resp = await client.post(f"{a.url}/workers/g_slow/run", json=body)
-            assert resp.status_code == 202, resp.text
-            out.run_id = run_id = resp.json()["run_id"]
+            out.run_id = run_id = await start_slow(client, a, 600, "killed")  # ~30 s of text
             out.follower = follower = Follower("B")
             tg.start_soon(follower.read, client, "GET", f"{b.url}/runs/{run_id}/events")
             await follower.until(
@@ -283,10 +288,7 @@ class Freeze:
 async def _freeze_the_owner(a: Service, b: Service, out: Freeze) -> None:
     async with httpx.AsyncClient(timeout=TIMEOUT) as client, anyio.create_task_group() as tg:
         with anyio.fail_after(60):
-            body = {"input": words(400, "frozen"), "background": True}  # ~20 s of text
-            resp = await client.post(f"{a.url}/workers/g_slow/run", json=body)
-            assert resp.status_code == 202, resp.text
-            out.run_id = run_id = resp.json()["run_id"]
+            out.run_id = run_id = await start_slow(client, a, 400, "frozen")  # ~20 s of text
             out.follower = follower = Follower("B")
             out.local = local = Follower("A")
             tg.start_soon(follower.read, client, "GET", f"{b.url}/runs/{run_id}/events")
@@ -366,10 +368,7 @@ async def _stop_the_owner(a: Service, b: Service, out: Stop) -> None:
     async with httpx.AsyncClient(timeout=TIMEOUT) as client, anyio.create_task_group() as tg:
         with anyio.fail_after(60):
             for name, n in (("long", 600), ("short", 10)):  # ~30 s and ~0.5 s of text
-                body = {"input": words(n, name), "background": True}
-                resp = await client.post(f"{a.url}/workers/g_slow/run", json=body)
-                assert resp.status_code == 202, resp.text
-                out.run_ids[name] = run_id = resp.json()["run_id"]
+                out.run_ids[name] = run_id = await start_slow(client, a, n, name)
                 follower = Follower(f"{name} run on B")
                 setattr(out, name, follower)
                 tg.start_soon(follower.read, client, "GET", f"{b.url}/runs/{run_id}/events")
